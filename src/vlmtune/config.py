@@ -1,0 +1,252 @@
+"""The recipe schema: one typed tree, defaults in one place, validated before any work.
+
+A recipe is YAML with sections (``model``, ``data``, ``train``, ``lora``, ``quant``,
+``freeze``, ``eval``, ``output``, ``grpo``, ``rewards``, ``judge``) plus dotted
+``key.sub=value`` overrides from the command line. Unknown keys and wrong types fail
+with the key's dotted path and, for a typo, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run; the message names the key and what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field("", description="Local model directory (transformers format) or hub id.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype when loading; bf16 mixed precision is train.precision.")
+    trust_remote_code: bool = Field(False, description="Off unless you trust the model's code.")
+    gguf_file: str | None = Field(None, description="GGUF file inside model.path (text models).")
+    attn_implementation: str | None = Field(
+        None, description="'sdpa', 'eager' or 'flash_attention_2' (GPU only); None = transformers' choice.")
+    base_model: str | None = Field(
+        None, description="Base model for an adapter directory given as model.path (eval/serve).")
+
+
+class DataConfig(_Section):
+    train_path: str = Field("", description="Canonical JSONL or Parquet file for training.")
+    eval_path: str | None = Field(None, description="Held-out file; overrides val_split.")
+    val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no eval_path.")
+    on_bad_row: Literal["skip", "error"] = Field("skip", description="Skip and count bad rows, or stop.")
+    on_too_long: Literal["drop", "error"] = Field(
+        "drop", description="A sample over train.max_length is dropped and counted, or is an error.")
+    loss_on: Literal["all_assistant", "last_assistant", "all"] = Field(
+        "all_assistant", description="Which tokens carry the loss (image/pad tokens never do).")
+    system_prompt: str | None = Field(None, description="Prepended as a system turn when a sample has none.")
+    shuffle: bool = True
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows (debugging).")
+
+
+class TrainConfig(_Section):
+    mode: Literal["full", "lora", "qlora"] = "lora"
+    max_steps: int = Field(-1, description="Optimizer steps; -1 = run train.epochs.")
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    vision_lr: float | None = Field(None, gt=0, description="Separate lr for the vision tower if trained.")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(1, ge=1, description="Micro-batch size per device.")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(2048, ge=8)
+    max_grad_norm: float | None = Field(1.0, description="Clip gradients to this norm; None disables.")
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = Field(1, ge=1)
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = only at the end.")
+    keep_last: int = Field(2, ge=1)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1)
+    alpha: float = 32
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str | None = Field(
+        None, description="None = the family default (language model attention + MLP).")
+    modules_to_save: list[str] | None = None
+
+
+class QuantConfig(_Section):
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class FreezeConfig(_Section):
+    vision: bool = Field(True, description="Freeze the vision tower.")
+    projector: bool = Field(False, description="Freeze the vision-language projector.")
+    language: bool = Field(False, description="Freeze the language model (full mode).")
+
+
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0, description="Eval loss every N steps; 0 = only at the end.")
+    batch_size: int = Field(4, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    task: str | None = Field(None, description="Task whose metrics to compute (e.g. 'clarify').")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs/default", description="Run directory.")
+
+
+class GrpoConfig(_Section):
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (G).")
+    loss: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference.")
+    kl: Literal["k1", "k3"] = "k3"
+    eps_low: float = Field(0.2, ge=0)
+    eps_high: float | None = Field(None, ge=0, description="None = eps_low (symmetric clip).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3.0).")
+    scale: Literal["group", "batch", "none"] = "group"
+    adv_eps: float = Field(1e-4, gt=0)
+    num_iterations: int = Field(1, ge=1, description="Policy updates per generation batch (mu).")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    prompts_per_step: int = Field(2, ge=1, description="Prompts sampled per generation batch.")
+    drop_zero_spread: bool = Field(False, description="Dynamic sampling: drop groups with equal rewards.")
+    max_refill: int = Field(0, ge=0, description="Extra generation rounds to refill dropped groups.")
+    samples_to_log: int = Field(4, ge=0)
+
+
+class RewardSpec(_Section):
+    fn: str = Field(..., description="'module:function' or 'path/to/file.py:function'.")
+    weight: float = 1.0
+    name: str | None = Field(None, description="Name in metrics; default the function name.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class JudgeConfig(_Section):
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = "default"
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    cache_path: str | None = Field(None, description="SQLite cache file; None = no cache.")
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    on_failure: Literal["none", "default", "abort"] = "none"
+    default_score: float = 0.0
+    abort_after: int = Field(20, ge=1, description="Consecutive failures before 'abort' stops the run.")
+
+
+class Recipe(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    resume_from: str | None = Field(None, description="'auto' (latest checkpoint in output.dir) or a path.")
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume(cls, v: str | None) -> str | None:
+        return None if v in ("", "none", "null") else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.grpo.eps_high is None:
+            self.grpo.eps_high = self.grpo.eps_low
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-4'`` -> (['train', 'lr'], 0.0001); values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def _valid_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_valid_keys(ann, dotted + "."))
+    return keys
+
+
+def _explain(err: ValidationError) -> str:
+    valid = _valid_keys(Recipe)
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(loc, valid, n=1, cutoff=0.6)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            lines.append(f"unknown key '{loc}'{hint}")
+        else:
+            lines.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def build_recipe(tree: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (or start from defaults), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set_dotted(tree, keys, value)
+    return build_recipe(tree)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe (every default made explicit) next to the run."""
+    Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
