@@ -90,9 +90,14 @@ class QuantConfig(_Section):
 
 
 class FreezeConfig(_Section):
-    vision: bool = Field(True, description="Freeze the vision tower.")
-    projector: bool = Field(False, description="Freeze the vision-language projector.")
-    language: bool = Field(False, description="Freeze the language model (full mode).")
+    """Which parts of the VLM stay fixed. ``None`` = the mode's default:
+    full mode trains projector and language model with the vision tower frozen; LoRA/QLoRA
+    train only the adapters. Unfreezing a part under LoRA trains it fully and saves it with
+    the adapter (peft ``modules_to_save``)."""
+
+    vision: bool | None = Field(None, description="Freeze the vision tower (default: yes).")
+    projector: bool | None = Field(None, description="Freeze the projector (default: no in full, yes in LoRA).")
+    language: bool | None = Field(None, description="Freeze the language model (default: no in full, yes in LoRA).")
 
 
 class EvalConfig(_Section):

@@ -1,0 +1,60 @@
+"""Collate per-sample processor outputs into a padded batch.
+
+Per-token tensors (ids, masks, labels, ``mm_token_type_ids``) are padded along the
+sequence; image tensors are concatenated along their first axis, which is how every
+supported processor lays them out for a batch (Qwen: patches; LLaVA/InternVL/Gemma3:
+images). Families whose processor returns a per-sample image axis (``pixel_values`` of
+shape (1, n_images, C, H, W), e.g. Idefics3) are padded along that axis too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmtune.batching.render import IGNORE
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "labels", "mm_token_type_ids", "token_type_ids")
+
+
+def _pad_value(key: str, pad_id: int) -> int:
+    return {"input_ids": pad_id, "labels": IGNORE}.get(key, 0)
+
+
+def pad_tokens(rows: list[torch.Tensor], value: int, side: str = "right") -> torch.Tensor:
+    """(1, T_i) tensors -> (B, max T) padded with ``value`` on ``side``."""
+    width = max(r.shape[-1] for r in rows)
+    padded = []
+    for r in rows:
+        gap = width - r.shape[-1]
+        padded.append(F.pad(r, (gap, 0) if side == "left" else (0, gap), value=value))
+    return torch.cat(padded, dim=0)
+
+
+def _cat_images(rows: list[torch.Tensor]) -> torch.Tensor:
+    if rows[0].dim() >= 5:  # (1, n_images, C, H, W): pad the image axis, then stack samples
+        most = max(r.shape[1] for r in rows)
+        rows = [F.pad(r, (0, 0) * (r.dim() - 2) + (0, most - r.shape[1])) for r in rows]
+    return torch.cat(rows, dim=0)
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_id: int, side: str = "right") -> dict[str, Any]:
+    """Merge rendered samples (each with batch dim 1) into one batch."""
+    keys = {k for item in items for k in item}
+    batch: dict[str, Any] = {}
+    for key in keys:
+        rows = [item[key] for item in items if key in item]
+        if key in TOKEN_KEYS:
+            if len(rows) != len(items):
+                raise ValueError(f"'{key}' is missing from some samples of the batch")
+            batch[key] = pad_tokens(rows, _pad_value(key, pad_id), side)
+        elif isinstance(rows[0], torch.Tensor):
+            batch[key] = _cat_images(rows)
+        else:
+            batch[key] = rows
+    if "attention_mask" not in batch:
+        lengths = [item["input_ids"].shape[-1] for item in items]
+        batch["attention_mask"] = pad_tokens([torch.ones(1, n, dtype=torch.long) for n in lengths], 0, side)
+    return batch

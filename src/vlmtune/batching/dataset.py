@@ -1,0 +1,106 @@
+"""Training data: read, validate, render-check and hold samples for the engines.
+
+Rendering (image decoding + processor) happens lazily per access; a pre-pass renders
+every sample once to drop, and count, those that are too long or fail to render, so a
+bad row is reported before the first step instead of crashing step 5,000.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.progress import track
+
+from vlmtune.batching.render import RenderError, TooLong, render
+from vlmtune.config import DataConfig
+from vlmtune.data.readers import DataError, read_samples
+from vlmtune.data.report import BadRows
+from vlmtune.data.sample import BadSample, Sample
+
+
+@dataclass
+class RenderedDataset:
+    """Samples that render within ``max_length``; ``__getitem__`` renders on access."""
+
+    samples: list[Sample]
+    processor: Any
+    max_length: int
+    loss_on: str = "all_assistant"
+    system_prompt: str | None = None
+    lengths: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return render(self.samples[i], self.processor, max_length=self.max_length,
+                      loss_on=self.loss_on, system_prompt=self.system_prompt)
+
+
+def _location(sample: Sample, index: int, file: str) -> tuple[str, int]:
+    source = getattr(sample, "source", None)
+    return source if source else (file, index)
+
+
+def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length: int,
+            bad_rows: BadRows, file: str, show_progress: bool = True) -> RenderedDataset:
+    """Render every sample once; keep those that fit, count the rest by reason."""
+    kept, lengths = [], []
+    items = track(samples, description=f"checking {file}", disable=not show_progress, transient=True)
+    for i, sample in enumerate(items):
+        try:
+            enc = render(sample, processor, max_length=max_length, loss_on=data.loss_on,
+                         system_prompt=data.system_prompt)
+        except TooLong as exc:
+            reason, detail = "too_long", str(exc)
+            if data.on_too_long == "error":
+                raise DataError(f"{file}: row {_location(sample, i, file)[1]}: too_long: {exc}") from None
+        except (RenderError, BadSample, OSError, ValueError) as exc:
+            reason, detail = getattr(exc, "reason", "render_error"), str(exc)
+            if data.on_bad_row == "error":
+                raise DataError(f"{file}: row {_location(sample, i, file)[1]}: {reason}: {exc}") from None
+        else:
+            if int((enc["labels"] != -100).sum()) == 0:
+                reason, detail = "no_loss_tokens", "no token carries the loss"
+            else:
+                kept.append(sample)
+                lengths.append(enc["input_ids"].shape[-1])
+                continue
+        src_file, row = _location(sample, i, file)
+        bad_rows.add(src_file, row, reason, detail)
+    return RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
+
+
+def split_train_eval(samples: list[Sample], val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded random fraction (at least one sample when val_split > 0)."""
+    if val_split <= 0:
+        return samples, []
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = max(1, round(len(samples) * val_split))
+    held = set(order[:n_eval])
+    return ([s for i, s in enumerate(samples) if i not in held],
+            [s for i, s in enumerate(samples) if i in held])
+
+
+def load_datasets(data: DataConfig, processor: Any, max_length: int, seed: int,
+                  show_progress: bool = True) -> tuple[RenderedDataset, RenderedDataset | None, BadRows]:
+    """Train and held-out datasets from the recipe's data section, with the bad-row report."""
+    if not data.train_path:
+        raise DataError("data.train_path is not set")
+    bad_rows = BadRows()
+    train, _ = read_samples(data.train_path, on_bad_row=data.on_bad_row, limit=data.limit, bad_rows=bad_rows)
+    held: list[Sample] = []
+    if data.eval_path:
+        held, _ = read_samples(data.eval_path, on_bad_row=data.on_bad_row, bad_rows=bad_rows)
+    elif data.val_split > 0:
+        train, held = split_train_eval(train, data.val_split, seed)
+    train_ds = prepare(train, processor, data, max_length, bad_rows, data.train_path, show_progress)
+    if len(train_ds) == 0:
+        raise DataError(f"{data.train_path}: no usable training rows ({bad_rows.summary()})")
+    eval_ds = None
+    if held:
+        eval_ds = prepare(held, processor, data, max_length, bad_rows,
+                          data.eval_path or data.train_path, show_progress)
+    return train_ds, eval_ds, bad_rows

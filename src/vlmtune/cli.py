@@ -1,0 +1,97 @@
+"""The ``vlmtune`` command. Each verb parses its arguments and calls one module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+Handler = Callable[[argparse.Namespace], "int | None"]
+VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def verb(name: str, help: str, args: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn`` as ``vlmtune NAME``; ``args`` adds the verb's arguments."""
+    def register(fn: Handler) -> Handler:
+        VERBS[name] = (help, args, fn)
+        return fn
+
+    return register
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?", help="YAML recipe (optional if every key is given as an override)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.path=DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def _load(args: argparse.Namespace):
+    from vlmtune.config import load_recipe
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
+        recipe, overrides = None, [recipe, *overrides]
+    return load_recipe(recipe, overrides)
+
+
+@verb("sft", "supervised fine-tuning (full, LoRA, QLoRA, freezing) from a YAML recipe", _recipe_args)
+def cmd_sft(args: argparse.Namespace) -> int:
+    from vlmtune.train.sft import run_sft
+
+    summary = run_sft(_load(args), show_progress=not args.no_progress)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _make_tiny_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", nargs="?", help="output directory")
+    p.add_argument("--family", help="model family (see --list)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="print the families and exit")
+
+
+@verb("make-tiny", "build a tiny random-weight VLM of a real family, offline", _make_tiny_args)
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from vlmtune.models.families import list_families
+    from vlmtune.models.tiny import make_tiny
+
+    if args.list:
+        print("\n".join(list_families()))
+        return 0
+    if not args.family or not args.out:
+        raise SystemExit("make-tiny needs --family F and OUT (or --list)")
+    out = make_tiny(args.family, args.out, seed=args.seed)
+    print(f"wrote tiny {args.family} model to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmtune", description="Post-training for vision-language models.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name, (help_text, add_args, handler) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vlmtune.config import ConfigError
+    from vlmtune.data.readers import DataError
+    from vlmtune.models.loading import ModelLoadError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"vlmtune {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Supervised fine-tuning: a loop you can read top to bottom.
+
+setup (model, data, optimizer, resume) -> for each step: gather ``grad_accum``
+micro-batches, backward each with its share of the step's loss tokens, clip, step,
+log, maybe evaluate and checkpoint -> save ``final/`` and ``run_summary.json``.
+
+The loss of a step is the mean over *all* label tokens of its micro-batches (not a mean
+of per-micro-batch means), so gradient accumulation gives the same gradient as one big
+batch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from vlmtune.batching.collate import collate
+from vlmtune.batching.dataset import RenderedDataset, load_datasets
+from vlmtune.batching.render import IGNORE
+from vlmtune.config import Recipe
+from vlmtune.models.loading import load_for_training
+from vlmtune.tracking import MetricsLogger
+from vlmtune.train import checkpoint as ckpt
+from vlmtune.train.common import (BatchStream, build_optimizer, build_scheduler, progress_bar,
+                                  start_run, total_steps, write_summary)
+
+
+def label_tokens(batch: dict[str, Any]) -> int:
+    """Tokens that carry the loss once labels are shifted by one."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def micro_loss(model: torch.nn.Module, batch: dict[str, Any], step_tokens: int) -> torch.Tensor:
+    """This micro-batch's summed token loss divided by the whole step's token count."""
+    out = model(**batch, use_cache=False)
+    return out.loss * label_tokens(batch) / step_tokens
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: RenderedDataset, batch_size: int, pad_id: int,
+             device: torch.device) -> float:
+    """Mean token loss over the held-out set."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        n = label_tokens(batch)
+        total += float(model(**batch, use_cache=False).loss) * n
+        tokens += n
+    model.train()
+    return total / max(tokens, 1)
+
+
+def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
+    """Train as the recipe says; returns the run summary (also written to the run dir)."""
+    t, run_dir = recipe.train, start_run(recipe)
+    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no")
+    set_seed(t.seed)
+    loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
+                               t.gradient_checkpointing)
+    model, processor = loaded.model, loaded.processor
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    train_ds, eval_ds, bad_rows = load_datasets(recipe.data, processor, t.max_length, t.seed,
+                                                show_progress and accelerator.is_main_process)
+    steps = total_steps(t, len(train_ds), accelerator.num_processes)
+    optimizer = build_optimizer(model, loaded.family, t)
+    scheduler = build_scheduler(optimizer, t, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    stream = BatchStream(len(train_ds), t.batch_size, t.seed, recipe.data.shuffle,
+                         accelerator.process_index, accelerator.num_processes)
+
+    start_step, loss_value = 0, float("nan")
+    resume = ckpt.resolve_resume(recipe.resume_from, run_dir)
+    if resume is not None:
+        state = ckpt.load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, scheduler)
+        start_step, stream.epoch, stream.cursor = state["step"], state["data"]["epoch"], state["data"]["cursor"]
+        loss_value = state.get("train_loss_last", loss_value)
+
+    logger = MetricsLogger(run_dir, enabled=accelerator.is_main_process)
+    model.train()
+    bar = progress_bar(show_progress and accelerator.is_main_process)
+    with bar:
+        task = bar.add_task("sft", total=steps, completed=start_step, info="")
+        for step in range(start_step + 1, steps + 1):
+            tick = time.perf_counter()
+            micro = [collate([train_ds[i] for i in stream.next()], pad_id) for _ in range(t.grad_accum)]
+            micro = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in b.items()}
+                     for b in micro]
+            step_tokens = sum(label_tokens(b) for b in micro)
+            loss_sum = 0.0
+            for batch in micro:
+                loss = micro_loss(model, batch, step_tokens)
+                accelerator.backward(loss)
+                loss_sum += float(loss)
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                         if t.max_grad_norm else torch.tensor(float("nan")))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            loss_value = loss_sum
+            seconds = time.perf_counter() - tick
+            seen = sum(int(b["attention_mask"].sum()) for b in micro)
+            metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "tokens_per_s": seen / seconds, "loss_tokens": step_tokens, "epoch": stream.epoch}
+            if eval_ds is not None and recipe.eval.every and step % recipe.eval.every == 0:
+                metrics["eval_loss"] = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, accelerator.device)
+            if step % t.log_every == 0 or step == steps or "eval_loss" in metrics:
+                logger.log(step, metrics)
+            bar.update(task, advance=1, info=f"loss {loss_value:.4f} lr {metrics['lr']:.2e} "
+                                             f"{metrics['tokens_per_s']:.0f} tok/s")
+            if t.save_every and step % t.save_every == 0 and step < steps:
+                _save(accelerator, run_dir, step, model, optimizer, scheduler, stream, loss_value, t.keep_last)
+
+    summary = {"steps": steps, "train_loss_last": loss_value, "train_rows": len(train_ds),
+               "skipped_rows": bad_rows.counts(), "trainable_params": _trainable(model)}
+    if eval_ds is not None:
+        summary["eval_loss"] = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, accelerator.device)
+        logger.log(steps, {"eval_loss": summary["eval_loss"]})
+    _save(accelerator, run_dir, steps, model, optimizer, scheduler, stream, loss_value, t.keep_last)
+    if accelerator.is_main_process:
+        final = run_dir / "final"
+        accelerator.unwrap_model(model).save_pretrained(str(final), safe_serialization=True)
+        processor.save_pretrained(str(final))
+        bad_rows.write_jsonl(run_dir / "skipped_rows.jsonl")
+        write_summary(run_dir, summary)
+    logger.close()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _save(accelerator: Accelerator, run_dir: Path, step: int, model, optimizer, scheduler,
+          stream: BatchStream, loss: float, keep_last: int) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                             {"data": stream.state(), "train_loss_last": loss}, keep_last)
