@@ -12,7 +12,6 @@ batch.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ from vlmtune.models.loading import load_for_training
 from vlmtune.tracking import MetricsLogger
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.common import (BatchStream, build_optimizer, build_scheduler, progress_bar,
-                                  start_run, total_steps, write_summary)
+                                  save_step, start_run, total_steps, write_summary)
 
 
 def label_tokens(batch: dict[str, Any]) -> int:
@@ -97,7 +96,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             for batch in micro:
                 loss = micro_loss(model, batch, step_tokens)
                 accelerator.backward(loss)
-                loss_sum += float(loss)
+                loss_sum += loss.item()
             grad_norm = (accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                          if t.max_grad_norm else torch.tensor(float("nan")))
             optimizer.step()
@@ -116,14 +115,16 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             bar.update(task, advance=1, info=f"loss {loss_value:.4f} lr {metrics['lr']:.2e} "
                                              f"{metrics['tokens_per_s']:.0f} tok/s")
             if t.save_every and step % t.save_every == 0 and step < steps:
-                _save(accelerator, run_dir, step, model, optimizer, scheduler, stream, loss_value, t.keep_last)
+                save_step(accelerator, run_dir, step, model, optimizer, scheduler, stream, t.keep_last,
+                          train_loss_last=loss_value)
 
     summary = {"steps": steps, "train_loss_last": loss_value, "train_rows": len(train_ds),
                "skipped_rows": bad_rows.counts(), "trainable_params": _trainable(model)}
     if eval_ds is not None:
         summary["eval_loss"] = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, accelerator.device)
         logger.log(steps, {"eval_loss": summary["eval_loss"]})
-    _save(accelerator, run_dir, steps, model, optimizer, scheduler, stream, loss_value, t.keep_last)
+    save_step(accelerator, run_dir, steps, model, optimizer, scheduler, stream, t.keep_last,
+              train_loss_last=loss_value)
     if accelerator.is_main_process:
         final = run_dir / "final"
         accelerator.unwrap_model(model).save_pretrained(str(final), safe_serialization=True)
@@ -138,10 +139,3 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
 def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-def _save(accelerator: Accelerator, run_dir: Path, step: int, model, optimizer, scheduler,
-          stream: BatchStream, loss: float, keep_last: int) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                             {"data": stream.state(), "train_loss_last": loss}, keep_last)
