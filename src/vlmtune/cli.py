@@ -70,6 +70,46 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb("grpo", "GRPO-family reinforcement learning with reward functions and judges", _recipe_args)
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from vlmtune.train.grpo import run_grpo
+
+    summary = run_grpo(_load(args), show_progress=not args.no_progress)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=["shapes"], help="which synthetic data set")
+    p.add_argument("out", help="output directory (JSONL + images)")
+    p.add_argument("--n", type=int, default=64, help="training samples")
+    p.add_argument("--eval-n", type=int, default=0, help="held-out samples (eval.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=168)
+
+
+@verb("synth", "write a synthetic data set in the canonical format", _synth_args)
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vlmtune.data.builtin import make_shapes_dataset
+
+    path = make_shapes_dataset(args.out, n=args.n, seed=args.seed, image_size=args.image_size, eval_n=args.eval_n)
+    print(f"wrote {path}")
+    return 0
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--fast", action="store_true", help="a one-minute smoke version")
+
+
+@verb("demo", "the main job on the embedded default: tiny VLM, synthetic data, training, summary", _demo_args)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlmtune.demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmtune", description="Post-training for vision-language models.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

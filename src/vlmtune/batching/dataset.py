@@ -104,3 +104,16 @@ def load_datasets(data: DataConfig, processor: Any, max_length: int, seed: int,
         eval_ds = prepare(held, processor, data, max_length, bad_rows,
                           data.eval_path or data.train_path, show_progress)
     return train_ds, eval_ds, bad_rows
+
+
+def load_prompts(data: DataConfig, show_progress: bool = True) -> tuple[list[Sample], BadRows]:
+    """Prompt samples for RL: a final assistant turn (a reference answer) is allowed but not
+    needed; images are checked when read."""
+    if not data.train_path:
+        raise DataError("data.train_path is not set")
+    bad_rows = BadRows()
+    prompts, _ = read_samples(data.train_path, on_bad_row=data.on_bad_row, limit=data.limit,
+                              bad_rows=bad_rows, require_assistant=False)
+    if not prompts:
+        raise DataError(f"{data.train_path}: no usable prompt rows ({bad_rows.summary()})")
+    return prompts, bad_rows

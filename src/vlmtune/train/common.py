@@ -79,7 +79,10 @@ class BatchStream:
     def _order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.n))
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        if getattr(self, "_cached", (None,))[0] != self.epoch:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            self._cached = (self.epoch, perm.tolist())
+        return self._cached[1]
 
     def next(self) -> list[int]:
         """The indices of this rank's next micro-batch."""
@@ -116,3 +119,14 @@ def start_run(recipe: Recipe) -> Path:
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def save_step(accelerator: Any, run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
+              stream: BatchStream, keep_last: int, **extra: Any) -> None:
+    """Checkpoint from the main process once every process has reached the same step."""
+    from vlmtune.train import checkpoint as ckpt
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                             {"data": stream.state(), **extra}, keep_last)

@@ -1,0 +1,289 @@
+"""GRPO-family reinforcement learning: a loop you can read top to bottom.
+
+Each step is the dataflow, each phase timed (``time/<phase>`` in the metrics):
+
+    gen     sample prompts, generate G completions each (the policy itself samples)
+    reward  score every completion with the recipe's reward functions
+    adv     group-relative advantages; groups with no reward spread counted (and dropped
+            with dynamic sampling, refilled up to ``grpo.max_refill`` extra rounds)
+    old     log-probs of the sampling policy (only when ``num_iterations`` > 1)
+    ref     reference log-probs for the KL term (only when ``beta`` > 0; under LoRA the
+            reference is the base with adapters disabled, no second copy)
+    update  ``num_iterations`` optimizer steps on the batch, one group per forward
+
+The math lives in :mod:`vlmtune.train.losses` and :mod:`vlmtune.train.advantages`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from rich.console import Console
+
+from vlmtune.batching.dataset import load_prompts
+from vlmtune.config import Recipe
+from vlmtune.models.loading import load_for_training
+from vlmtune.rewards.registry import RewardSet
+from vlmtune.rollout.hf import HFGenerator, Rollout, SamplingParams, completion_logps, group_inputs
+from vlmtune.tracking import MetricsLogger, PhaseTimer
+from vlmtune.train import checkpoint as ckpt
+from vlmtune.train.advantages import distinct_fraction, group_advantages, zero_spread_groups
+from vlmtune.train.common import (BatchStream, build_optimizer, build_scheduler, progress_bar, save_step, start_run,
+                                  write_summary)
+from vlmtune.train.losses import LOSSES, policy_loss, reduce_token_mean
+
+COLLAPSE_WARNING = 0.5  # mean share of distinct completions per group below which we warn
+
+
+@dataclass
+class Batch:
+    """One generation batch: rollouts with their rewards and advantages."""
+
+    rollouts: list[Rollout]
+    rewards: torch.Tensor  # (N,) weighted total, NaN = no reward
+    per_fn: torch.Tensor  # (N, K)
+    advantages: torch.Tensor  # (N,)
+    zero_spread: int  # groups whose rewards were all equal (before any drop)
+    dropped: int = 0
+
+
+def reward_columns(rollouts: list[Rollout], g: int) -> tuple[list, list, dict[str, list]]:
+    """TRL-style inputs: conversational prompts and completions, plus the samples' meta
+    fields as columns, each repeated per completion."""
+    prompts, completions, columns = [], [], {}
+    keys = sorted({k for r in rollouts for k in r.sample.meta})
+    for r in rollouts:
+        msgs = r.sample.messages
+        prompt = msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs
+        for text in r.texts:
+            prompts.append(prompt)
+            completions.append([{"role": "assistant", "content": text}])
+        for k in keys:
+            columns.setdefault(k, []).extend([r.sample.meta.get(k)] * g)
+    return prompts, completions, columns
+
+
+def score(rewards: RewardSet, rollouts: list[Rollout], g: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    prompts, completions, columns = reward_columns(rollouts, g)
+    return rewards.score(prompts, completions, columns)
+
+
+def make_batch(rollouts: list[Rollout], rewards: RewardSet, cfg: Any) -> Batch:
+    per_fn, total, _ = score(rewards, rollouts, cfg.num_generations)
+    flat = zero_spread_groups(total, cfg.num_generations)
+    adv = group_advantages(total, cfg.num_generations, cfg.scale, cfg.adv_eps)
+    return Batch(rollouts, total, per_fn, adv, int(flat.sum()))
+
+
+def drop_flat_groups(batch: Batch, g: int) -> Batch:
+    """Dynamic sampling (DAPO): keep only groups whose rewards differ."""
+    keep = ~zero_spread_groups(batch.rewards, g)
+    idx = torch.arange(len(batch.rollouts))[keep]
+    tok = torch.cat([torch.arange(i * g, (i + 1) * g) for i in idx.tolist()]) if len(idx) else torch.zeros(0, dtype=torch.long)
+    return Batch([batch.rollouts[i] for i in idx.tolist()], batch.rewards[tok], batch.per_fn[tok],
+                 batch.advantages[tok], batch.zero_spread, batch.dropped + int((~keep).sum()))
+
+
+def merge(a: Batch, b: Batch) -> Batch:
+    return Batch(a.rollouts + b.rollouts, torch.cat([a.rewards, b.rewards]), torch.cat([a.per_fn, b.per_fn]),
+                 torch.cat([a.advantages, b.advantages]), a.zero_spread + b.zero_spread, a.dropped + b.dropped)
+
+
+@contextlib.contextmanager
+def reference_mode(model: Any, ref_model: Any | None):
+    """Yield the reference policy: a frozen copy (full fine-tuning) or the base with
+    adapters disabled (LoRA)."""
+    if ref_model is not None:
+        yield ref_model
+    else:
+        with model.disable_adapter():
+            yield model
+
+
+@torch.no_grad()
+def group_logps(model: Any, batch: Batch, pad_id: int, temperature: float) -> list[torch.Tensor]:
+    out = []
+    for r in batch.rollouts:
+        logp, _ = completion_logps(model, group_inputs(r, pad_id), r.prompt["input_ids"].shape[1],
+                                   r.completion_ids, temperature=temperature)
+        out.append(logp.detach())
+    return out
+
+
+def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[torch.Tensor] | None,
+           recipe: Recipe, pad_id: int, accelerator: Accelerator) -> dict[str, float]:
+    """One optimizer step's gradients over the whole batch, one group per forward.
+
+    Chunk losses are weighted so their sum equals the loss of the whole batch: by the
+    chunk's share of sequences, or for token-mean losses by the step's token count.
+    """
+    cfg, g = recipe.grpo, recipe.grpo.num_generations
+    token_mean = LOSSES[cfg.loss].reduce is reduce_token_mean
+    total_tokens = sum(int(r.mask.sum()) for r in batch.rollouts)
+    n_seq = len(batch.rollouts) * g
+    sums: dict[str, float] = {}
+    for i, r in enumerate(batch.rollouts):
+        logp, entropy = completion_logps(model, group_inputs(r, pad_id), r.prompt["input_ids"].shape[1],
+                                         r.completion_ids, with_entropy=True, temperature=cfg.temperature)
+        mask = r.mask.to(logp.device)
+        loss, stats = policy_loss(
+            cfg.loss, logp, (old[i] if old else logp.detach()), batch.advantages[i * g:(i + 1) * g].to(logp.device),
+            mask, ref_logp=ref[i] if ref else None, beta=cfg.beta, kl=cfg.kl, eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, max_completion_length=cfg.max_new_tokens,
+            num_tokens=total_tokens if token_mean else None)
+        weight = 1.0 if token_mean else g / n_seq
+        accelerator.backward(loss * weight)
+        stats["loss"] = loss.detach() * weight * len(batch.rollouts)  # averaged below
+        stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v) / len(batch.rollouts)
+    return sums
+
+
+def step_metrics(batch: Batch, names: list[str], g: int) -> dict[str, Any]:
+    texts = [t for r in batch.rollouts for t in r.texts]
+    lengths = torch.cat([r.mask.sum(1).float() for r in batch.rollouts]) if batch.rollouts else torch.zeros(1)
+    truncated = [t for r in batch.rollouts for t in r.truncated]
+    distinct = distinct_fraction(texts, g) if texts else [1.0]
+    m: dict[str, Any] = {
+        "reward_mean": float(batch.rewards.nanmean()) if len(batch.rewards) else float("nan"),
+        "reward_std": float(batch.rewards[~batch.rewards.isnan()].std()) if len(batch.rewards) > 1 else 0.0,
+        "adv_mean": float(batch.advantages.mean()) if len(batch.advantages) else 0.0,
+        "adv_abs_mean": float(batch.advantages.abs().mean()) if len(batch.advantages) else 0.0,
+        "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
+        "truncated_frac": sum(truncated) / max(len(truncated), 1),
+        "distinct_frac": sum(distinct) / len(distinct),
+        "groups_zero_spread": batch.zero_spread, "groups_dropped": batch.dropped,
+        "rewards_none_frac": float(batch.per_fn.isnan().float().mean()) if batch.per_fn.numel() else 0.0,
+    }
+    for k, name in enumerate(names):
+        col = batch.per_fn[:, k] if batch.per_fn.numel() else torch.zeros(0)
+        m[f"reward/{name}"] = float(col.nanmean()) if len(col) and not col.isnan().all() else float("nan")
+    return m
+
+
+def sample_table(batch: Batch, n: int, g: int) -> list[dict[str, Any]]:
+    rows = []
+    for i, r in enumerate(batch.rollouts):
+        for j, text in enumerate(r.texts):
+            if len(rows) >= n:
+                return rows
+            rows.append({"prompt": _prompt_text(r.sample), "completion": text,
+                         "reward": _num(batch.rewards[i * g + j]), "advantage": _num(batch.advantages[i * g + j])})
+    return rows
+
+
+def _num(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else round(v, 4)
+
+
+def _prompt_text(sample: Any) -> str:
+    users = [m for m in sample.messages if m["role"] == "user"]
+    parts = users[-1]["content"] if users else []
+    return " ".join(p.get("text", "<image>") if p["type"] == "text" else "<image>" for p in parts)
+
+
+def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
+    """Train with GRPO as the recipe says; returns the run summary."""
+    t, cfg, run_dir = recipe.train, recipe.grpo, start_run(recipe)
+    if not recipe.rewards:
+        raise ValueError("a GRPO recipe needs at least one entry under 'rewards'")
+    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no")
+    set_seed(t.seed)
+    loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
+                               t.gradient_checkpointing)
+    model, processor = loaded.model, loaded.processor
+    ref_model = None
+    if cfg.beta > 0 and t.mode == "full":
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    rewards = RewardSet(recipe.rewards, judge=recipe.judge)
+    prompts, bad_rows = load_prompts(recipe.data, show_progress and accelerator.is_main_process)
+    steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * len(prompts) / cfg.prompts_per_step))
+    optimizer = build_optimizer(model, loaded.family, t)
+    scheduler = build_scheduler(optimizer, t, steps * cfg.num_iterations)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    stream = BatchStream(len(prompts), cfg.prompts_per_step, t.seed, recipe.data.shuffle,
+                         accelerator.process_index, accelerator.num_processes)
+    generator = HFGenerator(accelerator.unwrap_model(model), processor, recipe.data.system_prompt)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+    pad_id, g = generator.pad_id, cfg.num_generations
+
+    start_step = 0
+    resume = ckpt.resolve_resume(recipe.resume_from, run_dir)
+    if resume is not None:
+        state = ckpt.load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, scheduler)
+        start_step, stream.epoch, stream.cursor = state["step"], state["data"]["epoch"], state["data"]["cursor"]
+
+    logger, timer, console = MetricsLogger(run_dir, enabled=accelerator.is_main_process), PhaseTimer(), Console(stderr=True)
+    last: dict[str, Any] = {}
+    bar = progress_bar(show_progress and accelerator.is_main_process)
+    with bar:
+        task = bar.add_task("grpo", total=steps, completed=start_step, info="")
+        for step in range(start_step + 1, steps + 1):
+            tick = time.perf_counter()
+            with timer("gen"):
+                rollouts = generator.generate([prompts[i] for i in stream.next()], g, params)
+            with timer("reward"):
+                batch = make_batch(rollouts, rewards, cfg)
+            with timer("adv"):
+                for _ in range(cfg.max_refill if cfg.drop_zero_spread else 0):
+                    if batch.zero_spread - batch.dropped == 0:
+                        break
+                    batch = drop_flat_groups(batch, g)
+                    extra = generator.generate([prompts[i] for i in stream.next()], g, params)
+                    batch = merge(batch, make_batch(extra, rewards, cfg))
+                if cfg.drop_zero_spread:
+                    batch = drop_flat_groups(batch, g)
+            old = ref = None
+            if batch.rollouts:
+                with timer("old"):
+                    old = group_logps(model, batch, pad_id, cfg.temperature) if cfg.num_iterations > 1 else None
+                with timer("ref"):
+                    if cfg.beta > 0:
+                        with reference_mode(accelerator.unwrap_model(model), ref_model) as ref_policy:
+                            ref = group_logps(ref_policy, batch, pad_id, cfg.temperature)
+            stats: dict[str, float] = {}
+            with timer("update"):
+                for _ in range(cfg.num_iterations):
+                    if batch.rollouts:
+                        stats = update(model, batch, old, ref, recipe, pad_id, accelerator)
+                        if t.max_grad_norm:
+                            stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            metrics = {**step_metrics(batch, rewards.names, g), **stats, "lr": scheduler.get_last_lr()[0],
+                       **{f"judge/{k}": v for k, v in rewards.judge_stats().items()}, **timer.pop(),
+                       "step_seconds": time.perf_counter() - tick}
+            if metrics["distinct_frac"] < COLLAPSE_WARNING:
+                console.print(f"[yellow]step {step}: groups are collapsing to identical completions "
+                              f"(distinct share {metrics['distinct_frac']:.2f})")
+            if step % t.log_every == 0 or step == steps:
+                table = sample_table(batch, cfg.samples_to_log, g)
+                logger.log(step, {**metrics, "samples": table})
+                logger.log_text(step, "samples", "\n\n".join(f"**{r['reward']}** {r['completion']}" for r in table))
+            last = metrics
+            bar.update(task, advance=1, info=f"reward {metrics['reward_mean']:.3f} len {metrics['completion_len_mean']:.0f}")
+            if t.save_every and step % t.save_every == 0 and step < steps:
+                save_step(accelerator, run_dir, step, model, optimizer, scheduler, stream, t.keep_last)
+
+    save_step(accelerator, run_dir, steps, model, optimizer, scheduler, stream, t.keep_last)
+    summary = {"steps": steps, "reward_mean_last": last.get("reward_mean"), "skipped_rows": bad_rows.counts(),
+               "prompts": len(prompts), "judge": rewards.judge_stats()}
+    if accelerator.is_main_process:
+        final = run_dir / "final"
+        accelerator.unwrap_model(model).save_pretrained(str(final), safe_serialization=True)
+        processor.save_pretrained(str(final))
+        write_summary(run_dir, summary)
+    logger.close()
+    return summary
+
