@@ -1,0 +1,234 @@
+"""Read canonical samples from JSONL / JSON / Parquet, counting every bad row.
+
+Supported files (chosen by suffix, case-insensitive):
+
+* ``.jsonl``: one canonical sample object per line. Rows are 1-based line numbers.
+* ``.json``: JSON lines as well; a file whose first character is ``[`` is read as one
+  JSON array instead (rows are then 0-based element indices).
+* ``.parquet``: columns ``messages`` (list of structs or JSON string), ``images``
+  (list of ``{bytes, path}`` structs, strings or binaries; optional) and ``meta`` (struct,
+  map or JSON string; optional). Read in record batches, so files larger than memory
+  stream. Rows are 0-based row indices.
+
+Any other top-level field / column is folded into ``meta``. Relative image paths are
+resolved against the data file's folder; absolute ones are kept.
+
+With ``on_bad_row="skip"`` a bad row is recorded in a :class:`BadRows` report (file, row,
+reason, detail) and reading continues; with ``"error"`` a :class:`DataError` naming file,
+row and reason is raised at the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlmtune.data.report import BadRows, DataError
+from vlmtune.data.sample import BadSample, Sample, validate_sample
+
+__all__ = ["SUFFIXES", "DataError", "iter_samples", "read_samples"]
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+"""File suffixes :func:`read_samples` understands."""
+
+log = logging.getLogger(__name__)
+
+Row = tuple[int, Any]  # (row number, parsed dict or the BadSample explaining why not)
+
+
+def read_samples(
+    path: str | Path,
+    *,
+    on_bad_row: Literal["skip", "error"] = "skip",
+    require_assistant: bool = True,
+    limit: int | None = None,
+    bad_rows: BadRows | None = None,
+    check_images: bool = True,
+) -> tuple[list[Sample], BadRows]:
+    """Read all valid samples of a file into a list.
+
+    Args:
+        path: A ``.jsonl``, ``.json`` or ``.parquet`` file.
+        on_bad_row: ``"skip"`` records bad rows and goes on; ``"error"`` raises.
+        require_assistant: Training data (ends with an assistant turn) when ``True``;
+            prompt-only data (ends with a user turn, e.g. for RL) when ``False``.
+        limit: Stop after this many valid samples (bad rows met before are reported).
+        bad_rows: A report to add to (e.g. shared across files); a new one if ``None``.
+        check_images: Open every image (header + verify) while reading.
+
+    Returns:
+        The valid samples and the bad-row report.
+
+    Raises:
+        DataError: The file is missing, unsupported or unreadable, or a row is bad and
+            ``on_bad_row="error"``.
+    """
+    bad_rows = BadRows() if bad_rows is None else bad_rows
+    samples = list(
+        iter_samples(
+            path,
+            on_bad_row=on_bad_row,
+            require_assistant=require_assistant,
+            limit=limit,
+            bad_rows=bad_rows,
+            check_images=check_images,
+        )
+    )
+    return samples, bad_rows
+
+
+def iter_samples(
+    path: str | Path,
+    *,
+    on_bad_row: Literal["skip", "error"] = "skip",
+    require_assistant: bool = True,
+    limit: int | None = None,
+    bad_rows: BadRows | None = None,
+    check_images: bool = True,
+    batch_size: int = 256,
+) -> Iterator[Sample]:
+    """Yield valid samples one by one; Parquet is read in record batches.
+
+    Args:
+        path: A ``.jsonl``, ``.json`` or ``.parquet`` file.
+        on_bad_row: ``"skip"`` records bad rows and goes on; ``"error"`` raises.
+        require_assistant: See :func:`read_samples`.
+        limit: Stop after this many valid samples.
+        bad_rows: Where bad rows are recorded. If ``None``, they are still counted and a
+            summary is logged as a warning when the generator finishes or is closed.
+        check_images: Open every image (header + verify) while reading.
+        batch_size: Parquet rows per record batch.
+
+    Yields:
+        Validated samples with image paths resolved against the file's folder and
+        ``source`` set to ``(file, row)``.
+
+    Raises:
+        DataError: As for :func:`read_samples`.
+    """
+    if on_bad_row not in ("skip", "error"):
+        raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
+    path = Path(path)
+    base_dir = path.absolute().parent
+    rows = _open_rows(path, batch_size)
+    report = BadRows() if bad_rows is None else bad_rows
+    before = report.total
+    yielded = 0
+    try:
+        for row, raw in rows:
+            if limit is not None and yielded >= limit:
+                return
+            try:
+                sample = _to_sample(raw, base_dir, require_assistant, check_images)
+            except BadSample as e:
+                if on_bad_row == "error":
+                    raise DataError(path, row, e.reason, e.detail) from None
+                report.add(path, row, e.reason, e.detail)
+                continue
+            sample.source = (str(path), row)
+            yielded += 1
+            yield sample
+    finally:
+        if bad_rows is None and report.total > before:
+            log.warning("%s: %s", path, report.summary())
+
+
+def _to_sample(raw: Any, base_dir: Path, require_assistant: bool, check_images: bool) -> Sample:
+    if isinstance(raw, BadSample):
+        raise raw
+    sample = Sample.from_dict(raw, base_dir)
+    validate_sample(sample, require_assistant=require_assistant, check_images=check_images)
+    return sample
+
+
+def _open_rows(path: Path, batch_size: int) -> Iterator[Row]:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        supported = ", ".join(SUFFIXES)
+        raise DataError(path, detail=f"unsupported file type {path.suffix!r}; supported: {supported}")
+    if not path.is_file():
+        raise DataError(path, detail="no such file")
+    if suffix == ".parquet":
+        return _parquet_rows(path, batch_size)
+    if suffix == ".json" and _first_char(path) == "[":
+        return _json_array_rows(path)
+    return _jsonl_rows(path)
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _first_char(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head[:1].decode("ascii", errors="replace")
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if number == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            if line.strip():
+                yield number, _parse_line(line)
+
+
+def _parse_line(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return BadSample("malformed_json", f"invalid UTF-8: {e}")
+    except json.JSONDecodeError as e:
+        return BadSample("malformed_json", f"{e.msg} at column {e.colno}")
+
+
+def _json_array_rows(path: Path) -> Iterator[Row]:
+    try:
+        rows = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, reason="malformed_json", detail=f"file is not valid JSON: {e}") from None
+    yield from enumerate(rows)
+
+
+# ---------------------------------------------------------------------------- Parquet
+
+
+def _parquet_rows(path: Path, batch_size: int) -> Iterator[Row]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(path, detail=f"not a readable Parquet file: {e}") from None
+    names = pf.schema_arrow.names
+    if "messages" not in names:
+        raise DataError(path, reason="bad_schema", detail=f"no 'messages' column (columns: {names})")
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size):
+        for record in batch.to_pylist():
+            yield row, _parquet_record(record)
+            row += 1
+
+
+def _parquet_record(record: dict) -> dict | BadSample:
+    try:
+        messages = _json_cell(record["messages"])
+        meta = _json_cell(record.get("meta"))
+    except BadSample as e:
+        return e
+    if isinstance(meta, list) and all(isinstance(kv, tuple) and len(kv) == 2 for kv in meta):
+        meta = dict(meta)  # a map column arrives as [(key, value), ...]
+    return {**record, "messages": messages, "meta": meta}
+
+
+def _json_cell(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise BadSample("malformed_json", f"JSON cell: {e.msg} at column {e.colno}") from None

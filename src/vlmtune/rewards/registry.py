@@ -1,0 +1,276 @@
+"""Load reward functions from recipe specs and score completions with all of them.
+
+A reward has TRL's signature ``fn(prompts, completions, **columns) -> list[float | None]``
+(None = no reward for that sample), plain or ``async def``. A recipe names it as
+
+- a built-in short name: ``exact_match``, ``normalized_match``, ``mc_letter``, ``format_reward``,
+  ``box_iou``, ``length_penalty``, ``aqua``, ``clarify_rubric``;
+- ``"package.module:function"``; or ``"path/to/file.py:function"`` (relative to ``base_dir``,
+  default the working directory).
+
+``RewardSpec.kwargs`` are passed to the function on every call (they win over a column of the
+same name). If the target is a class, it is instantiated once with the kwargs and the instance
+is called. Judge rewards: a function (or class ``__init__``) with a ``judge`` parameter receives
+the run's judge — a :class:`~vlmtune.rewards.judge.JudgeClient` built from the recipe's
+``judge`` section — unless the spec sets ``kwargs: {judge: rule}`` (the offline
+:class:`~vlmtune.rewards.clarify.RuleJudge`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmtune.config import JudgeConfig, RewardSpec
+from vlmtune.rewards.judge import Judge, JudgeClient, run_sync
+
+BUILTINS: dict[str, str] = {
+    "exact_match": "vlmtune.rewards.rules:exact_match",
+    "normalized_match": "vlmtune.rewards.rules:normalized_match",
+    "mc_letter": "vlmtune.rewards.rules:mc_letter",
+    "format_reward": "vlmtune.rewards.rules:format_reward",
+    "box_iou": "vlmtune.rewards.rules:box_iou",
+    "length_penalty": "vlmtune.rewards.rules:length_penalty",
+    "aqua": "vlmtune.rewards.clarify:aqua",
+    "clarify_rubric": "vlmtune.rewards.clarify:clarify_rubric",
+}
+
+
+class RewardLoadError(ValueError):
+    """A reward spec that cannot be loaded; the message names the spec and the reason."""
+
+
+def _import_file(path: Path, spec: str) -> Any:
+    if not path.is_file():
+        raise RewardLoadError(f"reward {spec!r}: file not found: {path}")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
+    name = f"vlmtune_reward_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    mspec = importlib.util.spec_from_file_location(name, path)
+    if mspec is None or mspec.loader is None:
+        raise RewardLoadError(f"reward {spec!r}: cannot import {path}")
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up by name
+    try:
+        mspec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise RewardLoadError(f"reward {spec!r}: importing {path} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _import_module(name: str, spec: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+            raise RewardLoadError(f"reward {spec!r}: no module named {name!r}") from exc
+        raise RewardLoadError(f"reward {spec!r}: importing {name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise RewardLoadError(f"reward {spec!r}: importing {name!r} failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def load_reward(spec: str, base_dir: str | Path | None = None) -> Callable:
+    """The callable named by ``spec`` (built-in name, ``module:fn`` or ``file.py:fn``)."""
+    target = BUILTINS.get(spec.strip(), spec.strip())
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr:
+        near = difflib.get_close_matches(spec, BUILTINS, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise RewardLoadError(f"reward {spec!r}: expected 'module:function', "
+                              f"'path/to/file.py:function' or a built-in "
+                              f"({', '.join(sorted(BUILTINS))}).{hint}")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        module = _import_file(path, spec)
+    else:
+        module = _import_module(where, spec)
+    if not hasattr(module, attr):
+        public = [n for n in vars(module) if not n.startswith("_")]
+        near = difflib.get_close_matches(attr, public, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise RewardLoadError(f"reward {spec!r}: {where} has no attribute {attr!r}.{hint}")
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise RewardLoadError(f"reward {spec!r}: {where}:{attr} is a {type(fn).__name__}, "
+                              f"not a function")
+    return fn
+
+
+def call_reward(fn: Callable, prompts: Sequence, completions: Sequence, **columns: Any) -> Any:
+    """Call a plain or async reward; an awaitable result is run to completion."""
+    out = fn(prompts, completions, **columns)
+    if inspect.isawaitable(out):
+        async def _await() -> Any:
+            return await out
+        out = run_sync(_await())
+    return out
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if hasattr(v, "item") and not isinstance(v, (list, tuple, str)):
+        v = v.item()  # numpy scalars
+    if isinstance(v, (bool, int, float)):
+        f = float(v)
+        return None if math.isnan(f) else f
+    raise TypeError(type(v).__name__)
+
+
+def check_rewards(name: str, values: Any, n: int) -> list[float | None]:
+    """Validate one reward function's output: a sequence of n numbers or None (NaN -> None)."""
+    if isinstance(values, torch.Tensor) or hasattr(values, "tolist"):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"reward {name!r} returned a {type(values).__name__}; "
+                        f"expected a list of {n} floats or None")
+    if len(values) != n:
+        raise ValueError(f"reward {name!r} returned {len(values)} values for {n} completions")
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(_as_float(v))
+        except TypeError as exc:
+            raise TypeError(f"reward {name!r} returned a {exc} at index {i}; "
+                            f"expected a float or None") from None
+    return out
+
+
+@dataclass
+class Reward:
+    """One loaded reward: its metrics name, weight, callable and spec kwargs."""
+
+    name: str
+    weight: float
+    fn: Callable
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, prompts: Sequence, completions: Sequence,
+                 columns: dict[str, Sequence]) -> list[float | None]:
+        values = call_reward(self.fn, prompts, completions, **{**columns, **self.kwargs})
+        return check_rewards(self.name, values, len(completions))
+
+
+class RewardSet:
+    """The recipe's rewards, scored together.
+
+    Args:
+        specs: ``recipe.rewards``.
+        judge: the recipe's ``judge`` section (a client is built only if a reward needs one),
+            or a ready judge object (``JudgeClient``, ``RuleJudge``, a test double).
+        base_dir: where relative ``file.py:fn`` paths are resolved (e.g. the recipe's folder).
+    """
+
+    def __init__(self, specs: Sequence[RewardSpec], judge: JudgeConfig | Judge | None = None,
+                 base_dir: str | Path | None = None):
+        self._judge_src = judge
+        self._judge: Judge | None = None
+        self._judges: list[Judge] = []
+        self.rewards: list[Reward] = [self._build(s, base_dir) for s in specs]
+        names = [r.name for r in self.rewards]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise RewardLoadError(f"reward names must be unique in metrics; repeated: {dup} "
+                                  f"(set 'name:' on the specs)")
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.rewards]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.tensor([r.weight for r in self.rewards], dtype=torch.float32)
+
+    def _shared_judge(self, spec: str) -> Judge:
+        if self._judge is None:
+            src = self._judge_src
+            if src is None:
+                raise RewardLoadError(f"reward {spec!r} needs a judge: pass the recipe's judge "
+                                      f"section to RewardSet(judge=...)")
+            self._judge = JudgeClient(src) if isinstance(src, JudgeConfig) else src
+            self._judges.append(self._judge)
+        return self._judge
+
+    def _resolve_judge(self, spec: RewardSpec, kwargs: dict[str, Any]) -> None:
+        choice = kwargs.get("judge", "recipe")
+        if choice == "rule":
+            from vlmtune.rewards.clarify import RuleJudge
+
+            kwargs["judge"] = RuleJudge()
+            self._judges.append(kwargs["judge"])
+        elif choice in ("recipe", None):
+            kwargs["judge"] = self._shared_judge(spec.fn)
+        elif isinstance(choice, str):
+            raise RewardLoadError(f"reward {spec.fn!r}: kwargs.judge must be 'rule' or 'recipe', "
+                                  f"got {choice!r}")
+
+    def _build(self, spec: RewardSpec, base_dir: str | Path | None) -> Reward:
+        fn = load_reward(spec.fn, base_dir)
+        kwargs = dict(spec.kwargs)
+        init = fn.__init__ if inspect.isclass(fn) else fn
+        if _takes(init, "judge"):
+            self._resolve_judge(spec, kwargs)
+        if inspect.isclass(fn):
+            try:
+                fn, kwargs = fn(**kwargs), {}
+            except TypeError as exc:
+                raise RewardLoadError(f"reward {spec.fn!r}: cannot build it from kwargs "
+                                      f"{sorted(kwargs)}: {exc}") from exc
+        name = spec.name or getattr(fn, "__name__", None) or type(fn).__name__
+        return Reward(name=name, weight=spec.weight, fn=fn, kwargs=kwargs)
+
+    def score(self, prompts: Sequence, completions: Sequence, columns: dict[str, Sequence]
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Score N completions with the K rewards.
+
+        Returns:
+            per_fn: (N, K) float32, NaN where a function gave None.
+            total: (N,) weighted sum over the functions that gave a value; NaN if none did.
+            means: {name: mean over non-None values (NaN if all None)}.
+        """
+        n = len(completions)
+        per_fn = torch.full((n, len(self.rewards)), float("nan"))
+        for k, reward in enumerate(self.rewards):
+            values = reward(prompts, completions, columns)
+            per_fn[:, k] = torch.tensor([math.nan if v is None else v for v in values],
+                                        dtype=torch.float32)
+        valid = ~torch.isnan(per_fn)
+        total = torch.where(valid, per_fn * self.weights, torch.zeros(())).sum(dim=1)
+        total[~valid.any(dim=1)] = float("nan")
+        means = {r.name: float(torch.nanmean(per_fn[:, k])) if n else math.nan
+                 for k, r in enumerate(self.rewards)}
+        return per_fn, total, means
+
+    def judge_stats(self) -> dict[str, int]:
+        """Judge counters for metrics, keyed ``judge/<counter>`` (summed over judges)."""
+        out: dict[str, int] = {}
+        for j in self._judges:
+            for k, v in getattr(j, "stats", {}).items():
+                out[f"judge/{k}"] = out.get(f"judge/{k}", 0) + v
+        return out
