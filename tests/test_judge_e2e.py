@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.timeout(300)
+# one worker per module under `pytest -n N --dist loadgroup`, so each model loads once
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("judge_e2e")]
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY_ENV = "VLMTUNE_E2E_JUDGE_KEY"
@@ -60,7 +61,7 @@ def server(tmp_path_factory) -> Iterator[Served]:
     port = free_port()
     env = {**os.environ, KEY_ENV: KEY, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "vlmtune.serve", str(d), "--gguf-file", GGUF, "--port", str(port),
-           "--model-name", "smollm2", "--api-key-env", KEY_ENV, "--max-tokens-limit", "64"]
+           "--model-name", "smollm2", "--api-key-env", KEY_ENV, "--max-tokens-limit", "64", "--threads", "1"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

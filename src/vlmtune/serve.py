@@ -48,7 +48,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vlmtune.serve")  # the same name under python -m
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -262,6 +262,7 @@ class Counters:
     generate_calls: int = 0
     in_flight: int = 0
     queued: int = 0
+    max_queued: int = 0
     max_in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -278,7 +279,7 @@ class Engine:
         self.is_vlm = loaded.family is not None
         self.max_concurrency = max_concurrency
         self.executor = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="vlmtune-gen")
-        self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.slots = asyncio.Semaphore(max_concurrency)  # waiting happens here, in the event loop
         self.rng_lock = threading.Lock()  # sampled requests use the global torch RNG in turn
         self.tok_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self.lock = threading.Lock()  # counters
@@ -310,22 +311,38 @@ class Engine:
         text = self.tokenizer.apply_chat_template(prep.messages, tokenize=False, add_generation_prompt=True)
         return dict(self.tokenizer(text, add_special_tokens=False, return_tensors="pt"))
 
-    def generate(self, prep: Prepared) -> tuple[list[Choice], int]:
-        """Run in a worker thread: at most ``max_concurrency`` at once; the rest wait here."""
+    async def run(self, prep: Prepared) -> tuple[list[Choice], int]:
+        """Generate in a worker thread once a slot is free; until then the request waits in the
+        queue (it is never refused for being busy)."""
         with self.lock:
             self.counters.queued += 1
-        with self.slots:
-            with self.lock:
-                c = self.counters
-                c.queued -= 1
-                c.in_flight += 1
-                c.generate_calls += 1
-                c.max_in_flight = max(c.max_in_flight, c.in_flight)
-            try:
-                return self._generate(prep)
-            finally:
+            if self.slots.locked():  # no free slot: this request really waits
+                self.counters.max_queued = max(self.counters.max_queued, self.counters.queued)
+        waiting = True
+        try:
+            async with self.slots:
                 with self.lock:
-                    self.counters.in_flight -= 1
+                    self.counters.queued -= 1
+                waiting = False
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor, self.generate, prep)
+        finally:
+            if waiting:  # cancelled while queued
+                with self.lock:
+                    self.counters.queued -= 1
+
+    def generate(self, prep: Prepared) -> tuple[list[Choice], int]:
+        """Runs in one of the ``max_concurrency`` worker threads (the executor is the hard bound)."""
+        with self.lock:
+            c = self.counters
+            c.in_flight += 1
+            c.generate_calls += 1
+            c.max_in_flight = max(c.max_in_flight, c.in_flight)
+        try:
+            return self._generate(prep)
+        finally:
+            with self.lock:
+                self.counters.in_flight -= 1
 
     def _generate(self, prep: Prepared) -> tuple[list[Choice], int]:
         torch = self._torch
@@ -412,6 +429,7 @@ class Engine:
                                      "client_errors": c.chat_client_errors,
                                      "server_errors": c.chat_server_errors},
                 "generation": {"calls": c.generate_calls, "in_flight": c.in_flight, "queued": c.queued,
+                               "max_queued": c.max_queued,
                                "max_in_flight": c.max_in_flight, "max_concurrency": self.max_concurrency,
                                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
             }
@@ -568,9 +586,8 @@ def create_app(loaded: Any, model_name: str, api_key: str | None = None, max_con
         prep = await run_in_threadpool(prepare, req, is_vlm=engine.is_vlm, model_name=model_name,
                                        max_new_tokens_limit=max_new_tokens_limit,
                                        default_max_tokens=default_max_tokens)
-        loop = asyncio.get_running_loop()
         try:
-            choices, prompt_tokens = await loop.run_in_executor(engine.executor, engine.generate, prep)
+            choices, prompt_tokens = await engine.run(prep)
         except APIError:
             raise
         except Exception as exc:
@@ -613,12 +630,20 @@ def default_model_name(model_dir: str | Path, gguf_file: str | None = None) -> s
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           base_model: str | None = None, gguf_file: str | None = None, *, model_name: str | None = None,
           dtype: str = "float32", trust_remote_code: bool = False, max_concurrency: int = 1,
-          max_new_tokens_limit: int = 1024, default_max_tokens: int = 256, log_level: str = "info") -> None:
-    """Load ``model_dir`` (full model, PEFT adapter or GGUF file inside it) and serve it until stopped."""
+          max_new_tokens_limit: int = 1024, default_max_tokens: int = 256, threads: int | None = None,
+          log_level: str = "info") -> None:
+    """Load ``model_dir`` (full model, PEFT adapter or GGUF file inside it) and serve it until stopped.
+
+    ``threads`` sets torch's intra-op threads for the process (on a busy CPU, 1 thread per
+    concurrent generation avoids oversubscription, which can slow decoding down tenfold)."""
     import uvicorn
 
     from vlmtune.models.loading import load_for_inference
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
     loaded = load_for_inference(model_dir, base_model, dtype=dtype, gguf_file=gguf_file,
                                 trust_remote_code=trust_remote_code)
     name = model_name or default_model_name(model_dir, gguf_file)
@@ -652,6 +677,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="generate calls run at once; further requests queue (default 1: right for CPU)")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared or "
+                                               "busy CPU, cores / max-concurrency is often much faster)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -668,7 +695,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           gguf_file=args.gguf_file, model_name=args.model_name, dtype=args.dtype,
           trust_remote_code=args.trust_remote_code, max_concurrency=args.max_concurrency,
           max_new_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-          log_level=args.log_level)
+          threads=args.threads, log_level=args.log_level)
     return 0
 
 

@@ -155,7 +155,7 @@ def step_metrics(batch: Batch, names: list[str], g: int) -> dict[str, Any]:
     distinct = distinct_fraction(texts, g) if texts else [1.0]
     m: dict[str, Any] = {
         "reward_mean": float(batch.rewards.nanmean()) if len(batch.rewards) else float("nan"),
-        "reward_std": float(batch.rewards[~batch.rewards.isnan()].std()) if len(batch.rewards) > 1 else 0.0,
+        "reward_std": _nan_std(batch.rewards),
         "adv_mean": float(batch.advantages.mean()) if len(batch.advantages) else 0.0,
         "adv_abs_mean": float(batch.advantages.abs().mean()) if len(batch.advantages) else 0.0,
         "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
@@ -168,6 +168,11 @@ def step_metrics(batch: Batch, names: list[str], g: int) -> dict[str, Any]:
         col = batch.per_fn[:, k] if batch.per_fn.numel() else torch.zeros(0)
         m[f"reward/{name}"] = float(col.nanmean()) if len(col) and not col.isnan().all() else float("nan")
     return m
+
+
+def _nan_std(x: torch.Tensor) -> float:
+    valid = x[~x.isnan()]
+    return float(valid.std()) if len(valid) > 1 else 0.0
 
 
 def sample_table(batch: Batch, n: int, g: int) -> list[dict[str, Any]]:

@@ -1,0 +1,462 @@
+"""The synthetic ambiguity-aware task ("clarify"): when to answer, resolve, enumerate or ask.
+
+Each sample is one 168 px image of a 3×3 grid of cells on a plain light background; 8 of
+the 9 cells hold one big, flat, coloured shape (circle / square / triangle / star / diamond
+/ cross in red / green / blue / yellow / orange / purple / black; every shape's bounding box
+is at least 35 px, i.e. 2.5 patches of 14 px). The question asks for the colour of a shape
+*type* ("What colour is the triangle?"), sometimes with a referring phrase ("the triangle
+on the left", "the big triangle"). The gold strategy level depends only on how many shapes
+of the asked type the image holds and on whether the phrase singles one out:
+
+========  =========================================  ======================================
+level     image / question                           reference response (assistant turn)
+========  =========================================  ======================================
+L0        exactly one shape of the asked type,       "The triangle is red." /
+          with or without a phrase                   "The triangle on the left is red."
+L1        2–5 of the type, the phrase picks          "You are referring to the triangle on
+          exactly one of them                        the left: it is red."
+L2        2–3 of the type, no phrase                 "There are two triangles: a red
+                                                     triangle at the top left and a blue
+                                                     triangle in the centre."
+L3        4–5 of the type, no phrase                 "There are several triangles. Which
+                                                     one do you mean?"
+========  =========================================  ======================================
+
+**Labelling rule for questions with a phrase.** A phrase question is L0 when the asked
+type occurs once (the phrase is redundant but true) and L1 when it occurs two or more
+times (the phrase is needed and resolves it). A phrase is only ever used when it is true
+of the target both absolutely and relatively: "on the left/right" = the target is in the
+left/right column and no other shape of its type is; "at the top/bottom" likewise for the
+top/bottom row; "the big/small X" = the target is big/small and every other X is not.
+So with a phrase, L0 vs L1 is decided by counting the asked type in the image, exactly
+as L0 vs L2 vs L3 is without one. Half of the L0 questions carry a phrase.
+
+**No shortcut reveals the level.** A scene (its profile of type counts, layout, sizes,
+colours, background) is drawn by one generator that does not know the level, and kept
+only if it supports *every* level (a singleton type, a 2–3 type, a 4–5 type, and a
+pre-drawn phrase kind that can single out a singleton for L0 and a member of a multi type
+for L1); only then is the level taken from a balanced schedule and the asked type picked
+from the scene. Every scene holds 8 shapes of 3–4 types with counts (1, 3, 4), (1, 2, 5)
+or (1, 1, 2, 4). Hence total count, sizes, layout and colour statistics are identically
+distributed across levels, the asked type is uniform over types at every level, and the
+phrase kinds of L0-with-phrase and L1 questions have the same distribution. Only counting
+the asked type in the image tells the level (with a phrase: L0 vs L1; without: L0 vs L2
+vs L3). An image-blind classifier can at best separate "phrase" (L0/L1) from "no phrase"
+(L0/L2/L3), i.e. stays at chance (1/3) on L0/L2/L3.
+
+Files written by :func:`make_clarify_dataset` (all deterministic: same seed, same bytes):
+
+* ``train.jsonl`` / ``eval.jsonl``: canonical samples (``images/<split>-NNNNN.png``).
+* ``abl_ambiguous.jsonl`` / ``abl_unambiguous.jsonl``: ClarifyVLM's ABL-like schema,
+  one row per L2/L3 resp. L0/L1 sample of both splits: ``image_filename`` (relative to the
+  file), ``qa`` (a JSON string ``{"question", "answers": {"1": correct, "2": wrong,
+  "3": wrong, "4": clarification}}``; the gold choice is "4" for ambiguous and "1" for
+  unambiguous rows, as in ClarifyVLM's evaluation), ``entity_description`` (a JSON string
+  ``{"target": type, "entities": [...asked-type shapes...]}``), ``sentences`` (one per
+  shape), ``count_label`` (number of asked-type shapes), ``boxes`` (their
+  ``[x0, y0, x1, y1]``), plus ``level``, ``split``, ``id``.
+* ``aqua.jsonl``: AQuA-like rows ``image``, ``question``, ``level`` (0–3), ``response``
+  (the gold reference), plus ``split``, ``id``.
+
+``meta`` of each canonical sample: ``task`` ("clarify"), ``split``, ``id``, ``level``
+("L0".."L3"), ``type`` ("unambig" for L0/L1, "ambig" for L2/L3), ``question``,
+``target_type``, ``count`` (asked-type shapes), ``phrase`` (kind or None), ``answer``
+(gold colour for L0/L1, None for L2/L3), ``references`` ({"L0".."L3": response or None};
+"L2" is None when only one shape of the type exists), ``choices`` (the four ABL answers),
+``mc_gold`` (1-based gold choice: 1 unambig, 4 ambig), ``facts`` (the RuleJudge schema:
+``true`` = one sentence per shape, ``candidates`` = "<colour> <type>" of every asked-type
+shape, ``false`` = wrong-colour statements), ``scene`` (every shape's type, colour, cell,
+position, size, box, px), ``background`` and ``prompt_variant``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from vlmtune.data.sample import Sample
+from vlmtune.data.writers import write_jsonl
+
+__all__ = [
+    "COLOURS", "LEVELS", "PHRASE_KINDS", "SYSTEM_PROMPTS", "TYPES", "clarify_samples",
+    "draw_scene", "make_clarify_dataset",
+]
+
+LEVELS = ("L0", "L1", "L2", "L3")
+TYPES = ("circle", "square", "triangle", "star", "diamond", "cross")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
+           "diamond": "diamonds", "cross": "crosses"}
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220),
+           "yellow": (235, 195, 0), "orange": (245, 130, 0), "purple": (140, 40, 180),
+           "black": (20, 20, 20)}
+BACKGROUNDS = ((250, 250, 250), (222, 222, 222), (245, 238, 220))
+GRID = 3  # 3×3 cells of 56 px at 168 px: 2×2 merged image tokens per cell
+N_SHAPES = 8  # always 8 shapes in 9 cells, whatever the level
+PROFILES = ((1, 3, 4), (1, 2, 5), (1, 1, 2, 4))  # type-count profiles, level-blind
+SIZE_FRACTION = {"small": 0.64, "big": 0.9}  # of the cell side: 35 / 50 px at 168 px
+PHRASE_KINDS = ("left", "right", "top", "bottom", "big", "small")
+L0_PHRASE_SHARE = 0.5
+CELL_POSITIONS = (("at the top left", "at the top", "at the top right"),
+                  ("on the left", "in the centre", "on the right"),
+                  ("at the bottom left", "at the bottom", "at the bottom right"))
+COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+QUESTION_TEMPLATES = ("What colour is {ref}?", "What is the colour of {ref}?",
+                      "Which colour does {ref} have?")
+
+SYSTEM_PROMPTS = (
+    None,
+    "Answer the question about the image. If it could refer to more than one object, "
+    "do not guess: list the possibilities or ask which one is meant.",
+    "You answer questions about images and adapt your strategy to how ambiguous the "
+    "question is.\n"
+    "- If exactly one object fits the question, answer directly.\n"
+    "- If several objects fit but the question's wording (a position or a size) singles "
+    "one out, say which one you are referring to, then answer.\n"
+    "- If two or three objects fit and nothing singles one out, list each of them with "
+    "its answer.\n"
+    "- If four or more objects fit and nothing singles one out, ask a short clarifying "
+    "question about which one is meant.\n"
+    "Never state anything that is not in the image.",
+)
+"""System prompts for ``prompt_variant`` 0 (none), 1 (short rule) and 2 (long rule)."""
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int | None = None,
+                         image_size: int = 168, prompt_variant: int = 0) -> dict[str, Path]:
+    """Write the clarify task: canonical train/eval JSONL + PNGs and ABL/AQuA-like files.
+
+    Args:
+        out_dir: Output folder (created).
+        n: Number of training samples (levels balanced: ``n // 4`` each, the remainder
+            spread over L0, L1, ...).
+        seed: Random seed; the same arguments give byte-identical files.
+        eval_n: Number of eval samples; ``None`` = ``max(4, n // 4)``, 0 = no eval split.
+            The eval split has its own random stream, so it does not change with ``n``.
+        image_size: Side of the square images in pixels (168 = 6×6 merged tokens for the
+            tiny Qwen-VL models).
+        prompt_variant: 0 no system prompt, 1 short rule prompt, 2 long rule prompt
+            (see :data:`SYSTEM_PROMPTS`); only the canonical files depend on it.
+
+    Returns:
+        ``{"train", "eval" (if written), "abl_ambiguous", "abl_unambiguous", "aqua",
+        "images"}`` -> paths.
+    """
+    if prompt_variant not in (0, 1, 2):
+        raise ValueError(f"prompt_variant must be 0, 1 or 2, got {prompt_variant!r}")
+    out_dir = Path(out_dir)
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    eval_n = max(4, n // 4) if eval_n is None else eval_n
+    paths: dict[str, Path] = {}
+    rows: list[tuple[Sample, Path]] = []
+    for split, count in (("train", n), ("eval", eval_n)):
+        if count <= 0:
+            continue
+        saved = []
+        for sample in clarify_samples(count, seed=seed, image_size=image_size, split=split,
+                                      prompt_variant=prompt_variant):
+            path = image_dir / f"{sample.meta['id']}.png"
+            sample.images[0].save(path, format="PNG")
+            saved.append(Sample(messages=sample.messages, images=[path], meta=sample.meta))
+            rows.append((saved[-1], path))
+        paths[split] = out_dir / f"{split}.jsonl"
+        write_jsonl(saved, paths[split], image_dir=image_dir)
+    paths.update(_write_schema_files(rows, out_dir))
+    paths["images"] = image_dir
+    return paths
+
+
+def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "train",
+                    prompt_variant: int = 0) -> Iterator[Sample]:
+    """Generate clarify samples in memory (images are PIL images); see the module docstring.
+
+    Args:
+        n: Number of samples; levels follow a shuffled balanced schedule.
+        seed: Random seed (each split has its own stream).
+        image_size: Image side in pixels.
+        split: Split name, used for the stream, ids and ``meta``.
+        prompt_variant: System prompt variant (0, 1, 2).
+
+    Yields:
+        Canonical samples with one image each, ending with the gold assistant turn.
+    """
+    rng = random.Random(f"clarify-{split}-{seed}")
+    schedule = [LEVELS[i % 4] for i in range(n)]
+    rng.shuffle(schedule)
+    system = SYSTEM_PROMPTS[prompt_variant]
+    for i, level in enumerate(schedule):
+        scene, kind = _feasible_scene(rng)
+        background = rng.choice(BACKGROUNDS)
+        item = _question_for(rng, scene, kind, level)
+        _place(rng, scene, image_size)
+        image = draw_scene(scene, background, image_size)
+        meta = _meta(scene, item, level, split, f"{split}-{i:05d}", background, prompt_variant)
+        messages = [] if system is None else [
+            {"role": "system", "content": [{"type": "text", "text": system}]}]
+        messages += [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["question"]}]},
+            {"role": "assistant", "content": [{"type": "text", "text": meta["references"][level]}]},
+        ]
+        yield Sample(messages=messages, images=[image], meta=meta)
+
+
+def draw_scene(scene: list[dict], background: tuple[int, int, int], size: int) -> Image.Image:
+    """Draw placed shapes (each with ``type``, ``colour`` and ``box``) on a plain background."""
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for obj in scene:
+        _draw_shape(draw, obj["type"], COLOURS[obj["colour"]], obj["box"])
+    return image
+
+
+# ---------------------------------------------------------------------------- scenes
+
+
+def _random_scene(rng: random.Random) -> list[dict]:
+    """A level-blind scene: type counts from :data:`PROFILES`, cells, colours, sizes."""
+    profile = rng.choice(PROFILES)
+    types = rng.sample(TYPES, len(profile))
+    cells = rng.sample(range(GRID * GRID), N_SHAPES)
+    scene, k = [], 0
+    for t, count in zip(types, profile):
+        colours = rng.sample(list(COLOURS), count)  # distinct colours within a type
+        for c in colours:
+            row, col = divmod(cells[k], GRID)
+            scene.append({"type": t, "colour": c, "cell": [row, col],
+                          "position": CELL_POSITIONS[row][col],
+                          "size": rng.choice(("small", "big"))})
+            k += 1
+    scene.sort(key=lambda o: (o["cell"][0], o["cell"][1]))  # reading order
+    return scene
+
+
+def _phrase_fits(obj: dict, others: list[dict], kind: str) -> bool:
+    """Whether phrase ``kind`` is true of ``obj`` and of no other shape of its type."""
+    def holds(o: dict) -> bool:
+        row, col = o["cell"]
+        return {"left": col == 0, "right": col == GRID - 1, "top": row == 0,
+                "bottom": row == GRID - 1, "big": o["size"] == "big",
+                "small": o["size"] == "small"}[kind]
+    return holds(obj) and not any(holds(o) for o in others)
+
+
+def _options(scene: list[dict], kind: str) -> dict[str, list[tuple[str, int]]]:
+    """(type, index of target) choices per role for a scene and phrase kind."""
+    by_type: dict[str, list[int]] = {}
+    for i, o in enumerate(scene):
+        by_type.setdefault(o["type"], []).append(i)
+    out: dict[str, list[tuple[str, int]]] = {"single": [], "few": [], "many": [],
+                                             "single_phrase": [], "resolved": []}
+    for t, idx in by_type.items():
+        count = len(idx)
+        role = "single" if count == 1 else "few" if count <= 3 else "many"
+        out[role].append((t, idx[0]))
+        for i in idx:
+            others = [scene[j] for j in idx if j != i]
+            if _phrase_fits(scene[i], others, kind):
+                out["single_phrase" if count == 1 else "resolved"].append((t, i))
+    return out
+
+
+def _feasible_scene(rng: random.Random) -> tuple[list[dict], str]:
+    """Draw (scene, phrase kind) until the pair supports every level; level-blind."""
+    while True:
+        scene, kind = _random_scene(rng), rng.choice(PHRASE_KINDS)
+        opts = _options(scene, kind)
+        if all(opts[r] for r in ("single", "few", "many", "single_phrase", "resolved")):
+            return scene, kind
+
+
+def _question_for(rng: random.Random, scene: list[dict], kind: str, level: str) -> dict:
+    """Pick the asked type (and target and phrase) for ``level`` from a feasible scene."""
+    opts = _options(scene, kind)
+    phrase = None
+    if level == "L0":
+        if rng.random() < L0_PHRASE_SHARE:
+            t, target = rng.choice(opts["single_phrase"])
+            phrase = kind
+        else:
+            t, target = rng.choice(opts["single"])
+    elif level == "L1":
+        t, target = rng.choice(opts["resolved"])
+        phrase = kind
+    else:
+        t, target = rng.choice(opts["few" if level == "L2" else "many"])
+    template = rng.choice(QUESTION_TEMPLATES)
+    return {"type": t, "target": target, "phrase": phrase,
+            "question": template.format(ref=_referring(t, phrase))}
+
+
+def _place(rng: random.Random, scene: list[dict], image_size: int) -> None:
+    """Give every shape a pixel box inside its cell (size by class, random offset)."""
+    cell = image_size / GRID
+    for o in scene:
+        side = int(round(cell * SIZE_FRACTION[o["size"]]))
+        slack = max(0, int(cell) - side)
+        x0 = int(o["cell"][1] * cell) + rng.randint(0, slack)
+        y0 = int(o["cell"][0] * cell) + rng.randint(0, slack)
+        o["box"] = [x0, y0, x0 + side - 1, y0 + side - 1]
+        o["px"] = side
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int],
+                box: list[int]) -> None:
+    x0, y0, x1, y1 = box
+    cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        m = w * 0.06
+        draw.rectangle((x0 + m, y0 + m, x1 - m, y1 - m), fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x0, y1), (x1, y1)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
+    elif shape == "cross":
+        t = w * 0.17
+        draw.rectangle((cx - t, y0, cx + t, y1), fill=colour)
+        draw.rectangle((x0, cy - t, x1, cy + t), fill=colour)
+    elif shape == "star":
+        r_out, r_in = w / 2, w / 2 * 0.45
+        pts = []
+        for k in range(10):
+            r = r_out if k % 2 == 0 else r_in
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((cx + r * math.cos(a), cy + 0.08 * w + r * math.sin(a)))
+        draw.polygon(pts, fill=colour)
+    else:  # pragma: no cover - TYPES is closed
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+# ---------------------------------------------------------------------------- texts
+
+
+def _referring(t: str, phrase: str | None) -> str:
+    """"the triangle", "the triangle on the left", "the big triangle"."""
+    if phrase is None:
+        return f"the {t}"
+    if phrase in ("big", "small"):
+        return f"the {phrase} {t}"
+    return f"the {t} " + {"left": "on the left", "right": "on the right", "top": "at the top",
+                          "bottom": "at the bottom"}[phrase]
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
+    """One reference response per strategy, each classified as its level by
+    :func:`vlmtune.rewards.clarify.rule_strategy` with the sample's candidates."""
+    t, phrase = item["type"], item["phrase"]
+    members = [o for o in scene if o["type"] == t]
+    target = scene[item["target"]]
+    ref = _referring(t, phrase)
+    if phrase is not None:
+        l1 = f"You are referring to {ref}: it is {target['colour']}."
+    elif len(members) == 1:
+        l1 = f"You are referring to the only {t}: it is {target['colour']}."
+    else:
+        l1 = f"You are most likely referring to the {t} {target['position']}: it is {target['colour']}."
+    l2 = None
+    if len(members) >= 2:
+        listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]
+        l2 = f"There are {COUNT_WORDS[len(members)]} {PLURALS[t]}: {_join(listed)}."
+    if len(members) >= 4:
+        l3 = f"There are several {PLURALS[t]}. Which one do you mean?"
+    elif len(members) >= 2:
+        l3 = f"There are {COUNT_WORDS[len(members)]} {PLURALS[t]}. Which one do you mean?"
+    else:
+        l3 = f"Which {t} do you mean?"
+    return {"L0": f"{ref[0].upper()}{ref[1:]} is {target['colour']}.", "L1": l1, "L2": l2, "L3": l3}
+
+
+def _meta(scene: list[dict], item: dict, level: str, split: str, sid: str,
+          background: tuple[int, int, int], prompt_variant: int) -> dict:
+    t, phrase = item["type"], item["phrase"]
+    members = [o for o in scene if o["type"] == t]
+    target = scene[item["target"]]
+    ambiguous = level in ("L2", "L3")
+    refs = _references(scene, item)
+    absent = [c for c in COLOURS if c not in {o["colour"] for o in members}]
+    ref = _referring(t, phrase)
+    # ABL choices: 1 a correct direct answer (for ambiguous questions: right for one of
+    # the referents), 2 and 3 wrong colours (absent from the asked type), 4 a clarification.
+    subject = ref[0].upper() + ref[1:]
+    choices = [f"{subject} is {target['colour']}.", f"{subject} is {absent[0]}.",
+               f"{subject} is {absent[1]}.", f"Which {t} do you mean?"]
+    false = [f"{c} {t}" for c in absent] + [f"{t} is {c}" for c in absent]
+    if not ambiguous:
+        wrong = [c for c in COLOURS if c != target["colour"]]
+        false += [f"{ref[4:]} is {c}" for c in wrong if f"{ref[4:]} is {c}" not in false]
+    return {
+        "task": "clarify",
+        "split": split,
+        "id": sid,
+        "level": level,
+        "type": "ambig" if ambiguous else "unambig",
+        "question": item["question"],
+        "target_type": t,
+        "count": len(members),
+        "phrase": phrase,
+        "answer": None if ambiguous else target["colour"],
+        "references": refs,
+        "choices": choices,
+        "mc_gold": 4 if ambiguous else 1,
+        "facts": {
+            "true": [f"a {o['size']} {o['colour']} {o['type']} {o['position']}" for o in scene],
+            "candidates": [f"{o['colour']} {t}" for o in members],
+            "false": false,
+        },
+        "scene": [dict(o) for o in scene],
+        "target": None if ambiguous else scene.index(target),
+        "background": list(background),
+        "prompt_variant": prompt_variant,
+    }
+
+
+# ---------------------------------------------------------------------------- schema files
+
+
+def _dump(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _write_schema_files(rows: list[tuple[Sample, Path]], out_dir: Path) -> dict[str, Path]:
+    paths = {k: out_dir / f"{k}.jsonl" for k in ("abl_ambiguous", "abl_unambiguous", "aqua")}
+    files = {k: [] for k in paths}
+    for sample, image in rows:
+        m = sample.meta
+        rel = image.relative_to(out_dir).as_posix()
+        members = [o for o in m["scene"] if o["type"] == m["target_type"]]
+        qa = {"question": m["question"],
+              "answers": {str(k + 1): c for k, c in enumerate(m["choices"])}}
+        entities = {"target": m["target_type"],
+                    "entities": [{k: o[k] for k in ("type", "colour", "position", "size", "box")}
+                                 for o in members]}
+        abl = {"image_filename": rel, "qa": _dump(qa), "entity_description": _dump(entities),
+               "sentences": m["facts"]["true"], "count_label": len(members),
+               "boxes": [o["box"] for o in members], "level": m["level"], "split": m["split"],
+               "id": m["id"]}
+        files["abl_ambiguous" if m["type"] == "ambig" else "abl_unambiguous"].append(abl)
+        files["aqua"].append({"image": rel, "question": m["question"],
+                              "level": LEVELS.index(m["level"]),
+                              "response": m["references"][m["level"]],
+                              "split": m["split"], "id": m["id"]})
+    for key, path in paths.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(_dump(r) + "\n" for r in files[key]), encoding="utf-8")
+        tmp.replace(path)
+    return paths

@@ -1,0 +1,268 @@
+"""Convert the data shapes research projects used into canonical Parquet.
+
+``vlmtune convert --from FORMAT INPUT OUTPUT.parquet`` or, from Python::
+
+    from vlmtune.data.converters import convert
+    result = convert("robo2vlm", "robo2vlm/data", "train.parquet", split="train")
+    result.converted, result.skipped, result.errors_path
+
+Every format is a small module with ``COLUMNS`` (logical key -> default column name, which
+``columns=`` renames), ``REQUIRED`` and a generator ``samples(ctx)``. The pipeline streams:
+input files are read record batch by record batch (Parquet), row by row (CSV, JSONL) or one
+file at a time (JSON trajectories); each sample is validated like the canonical reader does
+(structure, placeholders, images opened and verified) and handed to
+:func:`vlmtune.data.writers.write_parquet`, which writes in batches. Nothing is dropped
+without being counted: every skipped row is in ``OUTPUT.errors.jsonl`` as
+``{"file", "row", "reason", "detail"}`` (see :mod:`~vlmtune.data.converters.base` for row
+numbering and reason codes). A problem with a whole file (a missing column, unreadable
+Parquet) raises :class:`ConvertError` before any of its rows is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from vlmtune.data.converters import abl, aqua, arlarena, carepilot, robo2vlm, sharegpt, swift, trl
+from vlmtune.data.converters.base import ConvertError, Context
+from vlmtune.data.report import BadRows
+from vlmtune.data.sample import BadSample, Sample, dumps, validate_sample
+from vlmtune.data.writers import write_parquet
+
+__all__ = ["CONVERTERS", "ConvertError", "ConvertResult", "Converter", "add_convert_args", "cmd_convert", "convert"]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """One source format.
+
+    Attributes:
+        name: The ``--from`` name.
+        samples: ``samples(ctx) -> Iterator[Sample]``.
+        columns: Logical key -> default column name.
+        required: Keys whose columns must exist.
+        droppable: Prompt sections ``drop=`` may remove.
+        help: One line for ``--help``.
+    """
+
+    name: str
+    samples: Callable[[Context], Iterator[Sample]]
+    columns: dict[str, str]
+    required: tuple[str, ...]
+    droppable: tuple[str, ...] = ()
+    help: str = ""
+
+
+def _register(name: str, module: ModuleType) -> Converter:
+    doc = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return Converter(name, module.samples, dict(module.COLUMNS), tuple(module.REQUIRED),
+                     tuple(getattr(module, "DROPPABLE", ())), doc)
+
+
+CONVERTERS: dict[str, Converter] = {
+    name: _register(name, module)
+    for name, module in [
+        ("robo2vlm", robo2vlm), ("carepilot", carepilot), ("arlarena", arlarena), ("abl", abl),
+        ("aqua", aqua), ("trl", trl), ("sharegpt", sharegpt), ("swift", swift),
+    ]
+}
+"""Format name -> :class:`Converter`."""
+
+
+@dataclass
+class ConvertResult:
+    """Outcome of one conversion.
+
+    Attributes:
+        converted: Rows written to the output.
+        skipped: Rows skipped (each recorded in ``errors_path``).
+        errors_path: ``OUTPUT.errors.jsonl`` when rows were skipped, else ``None``.
+        output: The Parquet file written.
+        bad_rows: The skipped rows themselves.
+    """
+
+    converted: int
+    skipped: int
+    errors_path: Path | None
+    output: Path | None = None
+    bad_rows: BadRows = field(default_factory=BadRows, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        """Skipped rows per reason."""
+        return self.bad_rows.counts()
+
+
+def errors_path_for(output: str | Path) -> Path:
+    """``OUTPUT.parquet`` -> ``OUTPUT.errors.jsonl``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".errors.jsonl")
+
+
+def convert(
+    fmt: str,
+    input: str | Path,
+    output: str | Path,
+    *,
+    split: str | None = None,
+    min_score: float | None = None,
+    columns: dict[str, str] | None = None,
+    drop: Iterable[str] = (),
+    image_dir: str | Path | None = None,
+    embed_images: bool = True,
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert ``input`` (a file or folder in format ``fmt``) to canonical Parquet.
+
+    Args:
+        fmt: A key of :data:`CONVERTERS`.
+        input: Input file or folder.
+        output: Output ``.parquet`` file (written atomically).
+        split: robo2vlm: keep only ``train``/``test`` shards; abl: treat all inputs as
+            ``ambig``/``unambig``.
+        min_score: arlarena: keep trajectories with ``task_score > min_score``.
+        columns: Logical key -> the column name in your files, e.g. ``{"question":
+            "prompt", "choices": "options", "answer": "label", "image": "img"}``.
+        drop: carepilot: prompt sections to leave out (``grounding``, ``short_term``,
+            ``long_term``).
+        image_dir: Folder relative image paths/ids are resolved against (default: each data
+            file's folder).
+        embed_images: Store image bytes in the output (else path images stay paths).
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        Counts of converted and skipped rows and where the skipped rows are listed.
+
+    Raises:
+        ValueError: Unknown format, column key or drop section.
+        ConvertError: The input is missing or a whole file cannot be converted (e.g. a
+            missing column: the message lists the expected and the found columns).
+    """
+    conv = _converter(fmt)
+    ctx = Context(
+        input=Path(input).absolute(),
+        columns=_columns(conv, columns),
+        split=split,
+        min_score=min_score,
+        drop=_drop(conv, drop),
+        image_dir=Path(image_dir).absolute() if image_dir is not None else None,
+    )
+    if not ctx.input.exists():
+        raise ConvertError(ctx.input, detail="no such file or folder")
+    output = Path(output)
+    stream = _validated(conv.samples(ctx), ctx)
+    if progress:
+        stream = _progress(stream, ctx, conv.name)
+    converted = write_parquet(stream, output, embed_images=embed_images)
+    errors = errors_path_for(output)
+    if ctx.bad_rows.total:
+        ctx.bad_rows.write_jsonl(errors)
+    else:
+        errors.unlink(missing_ok=True)  # a stale report from an earlier run would mislead
+    return ConvertResult(converted, ctx.bad_rows.total, errors if ctx.bad_rows.total else None, output, ctx.bad_rows)
+
+
+def _converter(fmt: str) -> Converter:
+    if fmt not in CONVERTERS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(CONVERTERS)}")
+    return CONVERTERS[fmt]
+
+
+def _columns(conv: Converter, columns: dict[str, str] | None) -> dict[str, str]:
+    columns = dict(columns or {})
+    unknown = set(columns) - set(conv.columns)
+    if unknown:
+        raise ValueError(f"{conv.name} has no column key(s) {sorted(unknown)}; keys: {sorted(conv.columns)}")
+    return {**conv.columns, **columns}
+
+
+def _drop(conv: Converter, drop: Iterable[str]) -> frozenset[str]:
+    drop = frozenset(drop)
+    unknown = drop - set(conv.droppable)
+    if unknown:
+        can = f"can drop {list(conv.droppable)}" if conv.droppable else "has no droppable sections"
+        raise ValueError(f"{conv.name} {can}, not {sorted(unknown)}")
+    return drop
+
+
+def _validated(samples: Iterator[Sample], ctx: Context) -> Iterator[Sample]:
+    """Check each sample as the canonical reader will (so the output reads back with zero
+    bad rows); failures are recorded at the sample's source row."""
+    for sample in samples:
+        try:
+            validate_sample(sample, require_assistant=True, check_images=True)
+            dumps(sample.meta)  # the writer would fail on it mid-file
+        except (TypeError, ValueError) as e:
+            reason, detail = (e.reason, e.detail) if isinstance(e, BadSample) else ("bad_schema", f"meta: {e}")
+            file, row = sample.source or (str(ctx.input), -1)
+            ctx.bad(file, row, reason, detail)
+            continue
+        yield sample
+
+
+def _progress(samples: Iterator[Sample], ctx: Context, name: str) -> Iterator[Sample]:
+    from tqdm import tqdm
+
+    with tqdm(desc=f"convert {name}", unit=" rows", file=sys.stderr, mininterval=1.0) as bar:
+        for sample in samples:
+            yield sample
+            bar.update(1)
+            bar.set_postfix(skipped=ctx.bad_rows.total, refresh=False)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_convert_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``vlmtune convert``."""
+    formats = "; ".join(f"{c.name}: {c.help}" for c in CONVERTERS.values())
+    p.add_argument("--from", dest="fmt", required=True, choices=list(CONVERTERS), metavar="FORMAT",
+                   help=f"source format ({', '.join(CONVERTERS)})")
+    p.add_argument("input", help="input file or folder")
+    p.add_argument("output", help="output .parquet file (skipped rows go to OUTPUT.errors.jsonl)")
+    p.add_argument("--split", help="robo2vlm: train|test shards only; abl: ambig|unambig for all inputs")
+    p.add_argument("--min-score", type=float, help="arlarena: keep trajectories with task_score > X (seed: 0.9)")
+    p.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
+                   help="rename a column, e.g. --column question=prompt --column answer=label")
+    p.add_argument("--drop", nargs="+", default=[], choices=list(carepilot.DROPPABLE),
+                   help="carepilot: prompt sections to leave out")
+    p.add_argument("--image-dir", help="folder relative image paths/ids are resolved against")
+    p.add_argument("--no-embed-images", action="store_true", help="store path images as paths, not bytes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = "formats: " + formats
+
+
+def parse_columns(items: Iterable[str]) -> dict[str, str]:
+    """``["question=prompt", ...]`` -> ``{"question": "prompt", ...}``."""
+    out = {}
+    for item in items:
+        key, sep, name = item.partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise ValueError(f"--column expects KEY=NAME, got {item!r}")
+        out[key.strip()] = name.strip()
+    return out
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Run ``vlmtune convert``; exit 0 when at least one row was converted.
+
+    The last line printed is ``converted N rows, skipped M rows``.
+    """
+    try:
+        result = convert(
+            args.fmt, args.input, args.output, split=args.split, min_score=args.min_score,
+            columns=parse_columns(args.column), drop=args.drop, image_dir=args.image_dir,
+            embed_images=not args.no_embed_images, progress=not args.no_progress,
+        )
+    except (ValueError, ConvertError) as e:  # ConvertError is a ValueError too
+        print(f"vlmtune convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.output}")
+    if result.skipped:
+        print(result.bad_rows.summary())
+        print(f"skipped rows listed in {result.errors_path}")
+    print(f"converted {result.converted} rows, skipped {result.skipped} rows")
+    return 0 if result.converted > 0 else 1

@@ -1,0 +1,194 @@
+"""ARLArena game-agent trajectories: one multi-turn conversation per trajectory.
+
+Input: a JSON file (or a folder of them, read one file at a time) holding a list of
+trajectories (or a single one)::
+
+    {"sample_idx": 3, "task_score": 1.0,
+     "turns": [{"step": 0, "inputs": [{"role": "system"|"user", "content": "... <image> ..."}],
+                "outputs": "<think>...</think><answer>...</answer>", "image": 0}, ...],
+     "images": {"format": "png_base64", "data": ["iVBOR...", ...]}}
+
+``images.data`` is a list (a turn's ``image`` is an index, or a list of them) or a dict
+(keys); a turn without ``image`` takes the next unused images in order, one per ``<image>``
+marker. Markers become image parts in place; a turn whose content has no marker but has an
+image gets it in front of its user text.
+
+Conversation: the first turn's system message (if any), then per turn one user message (the
+turn's user inputs joined; assistant inputs, i.e. replayed history, are left out since the
+previous turns are already in the conversation) and one assistant message (``outputs``).
+``min_score`` keeps trajectories with ``task_score > min_score`` (the seed used 0.9); others
+are counted as skipped with reason ``below_min_score``. Rows are 0-based trajectory indices.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vlmtune.data.converters.base import (
+    IMAGE_MARKER, ConvertError, Context, check_columns, input_files, text_with_images,
+)
+from vlmtune.data.sample import BadSample, Sample
+
+COLUMNS = {"sample_idx": "sample_idx", "task_score": "task_score", "turns": "turns", "images": "images"}
+REQUIRED = ("turns",)
+_FORMATS = ("png_base64", "jpeg_base64", "jpg_base64", "base64")
+
+
+def samples(ctx: Context) -> Iterator[Sample]:
+    """Yield one sample per kept trajectory (see the module docstring)."""
+    for file in input_files(ctx.input, (".json",)):
+        trajectories = _load(file)
+        if trajectories:
+            first = trajectories[0]
+            check_columns(file, list(first) if isinstance(first, dict) else [], ctx, REQUIRED)
+        for row, traj in enumerate(trajectories):
+            try:
+                _check_score(traj, ctx)
+                sample = _sample(traj, ctx)
+            except BadSample as e:
+                ctx.bad(file, row, e.reason, e.detail)
+                continue
+            sample.source = (str(file), row)
+            yield sample
+        del trajectories
+
+
+def _load(file: Path) -> list:
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvertError(file, reason="malformed_json", detail=f"file is not valid JSON: {e}") from None
+    return data if isinstance(data, list) else [data]
+
+
+def _check_score(traj: Any, ctx: Context) -> None:
+    if ctx.min_score is None:
+        return
+    score = traj.get(ctx.col("task_score")) if isinstance(traj, dict) else None
+    if not isinstance(score, (int, float)) or isinstance(score, bool):
+        raise BadSample("below_min_score", f"no numeric task_score (got {score!r}) with min_score {ctx.min_score}")
+    if not score > ctx.min_score:
+        raise BadSample("below_min_score", f"task_score {score} <= min_score {ctx.min_score}")
+
+
+def _sample(traj: Any, ctx: Context) -> Sample:
+    if not isinstance(traj, dict):
+        raise BadSample("bad_schema", f"trajectory is a {type(traj).__name__}, expected an object")
+    turns = traj.get(ctx.col("turns"))
+    if not isinstance(turns, list) or not turns:
+        raise BadSample("bad_schema", "'turns' must be a non-empty list")
+    pool = _ImagePool(traj.get(ctx.col("images")))
+    messages: list[dict] = []
+    images: list[bytes] = []
+    for t, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise BadSample("bad_schema", f"turns[{t}] is not an object")
+        system, user = _turn_inputs(turn, t)
+        if system is not None and not messages:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        n_markers = user.count(IMAGE_MARKER)
+        turn_images = pool.for_turn(turn.get("image"), n_markers, t)
+        content = text_with_images(user)
+        if n_markers == 0 and turn_images:
+            content = [{"type": "image"} for _ in turn_images] + content
+        images.extend(turn_images)
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": _output_text(turn, t)}]})
+    meta = {
+        "sample_idx": traj.get(ctx.col("sample_idx")),
+        "task_score": traj.get(ctx.col("task_score")),
+        "num_turns": len(turns),
+    }
+    return Sample(messages=messages, images=images, meta=meta)
+
+
+def _turn_inputs(turn: dict, t: int) -> tuple[str | None, str]:
+    inputs = turn.get("inputs")
+    if isinstance(inputs, str):
+        return None, inputs
+    if not isinstance(inputs, list) or not inputs:
+        raise BadSample("bad_schema", f"turns[{t}].inputs must be a non-empty list of messages")
+    system, user = None, []
+    for m in inputs:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise BadSample("bad_schema", f"turns[{t}].inputs holds a message without string content")
+        role = m.get("role")
+        if role == "system":
+            system = m["content"] if system is None else system
+        elif role == "user":
+            user.append(m["content"])
+        elif role != "assistant":
+            raise BadSample("bad_schema", f"turns[{t}].inputs has unknown role {role!r}")
+    if not user:
+        raise BadSample("bad_schema", f"turns[{t}].inputs has no user message")
+    return system, "\n".join(user)
+
+
+def _output_text(turn: dict, t: int) -> str:
+    out = turn.get("outputs")
+    if isinstance(out, list) and out:
+        out = out[0]
+    if isinstance(out, dict):
+        out = out.get("content")
+    if not isinstance(out, str) or not out.strip():
+        raise BadSample("bad_schema", f"turns[{t}].outputs has no text")
+    return out
+
+
+class _ImagePool:
+    """The trajectory's base64 images, handed out by turn reference or in order."""
+
+    def __init__(self, spec: Any) -> None:
+        self.data: list | dict = []
+        self.next = 0
+        if spec is None:
+            return
+        if not isinstance(spec, dict) or "data" not in spec:
+            raise BadSample("bad_schema", "'images' must be {format, data}")
+        fmt = str(spec.get("format", "png_base64")).lower()
+        if fmt not in _FORMATS:
+            raise BadSample("bad_schema", f"unsupported images.format {fmt!r} (supported: {_FORMATS})")
+        if not isinstance(spec["data"], (list, dict)):
+            raise BadSample("bad_schema", "images.data must be a list or an object")
+        self.data = spec["data"]
+
+    def for_turn(self, ref: Any, n_markers: int, t: int) -> list[bytes]:
+        if ref is None:
+            if not isinstance(self.data, list):
+                return [] if n_markers == 0 else self._missing(t, "turn has <image> but no 'image' key")
+            start, self.next = self.next, self.next + n_markers
+            if self.next > len(self.data):
+                raise BadSample("placeholder_mismatch", f"turns[{t}] needs image {self.next - 1}, trajectory has {len(self.data)}")
+            return [_decode(self.data[i], f"images.data[{i}]") for i in range(start, self.next)]
+        refs = ref if isinstance(ref, list) else [ref]
+        return [self._get(r, t) for r in refs]
+
+    def _get(self, ref: Any, t: int) -> bytes:
+        if isinstance(ref, str) and isinstance(self.data, dict) and ref in self.data:
+            return _decode(self.data[ref], f"images.data[{ref!r}]")
+        if isinstance(ref, int) and not isinstance(ref, bool) and isinstance(self.data, list):
+            if not 0 <= ref < len(self.data):
+                raise BadSample("missing_image", f"turns[{t}].image {ref} out of range ({len(self.data)} images)")
+            return _decode(self.data[ref], f"images.data[{ref}]")
+        if isinstance(ref, str) and len(ref) > 64:  # an inline base64 image
+            return _decode(ref, f"turns[{t}].image")
+        return self._missing(t, f"image reference {ref!r} not found")
+
+    @staticmethod
+    def _missing(t: int, why: str):
+        raise BadSample("missing_image", f"turns[{t}]: {why}")
+
+
+def _decode(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise BadSample("missing_image", f"{where} is empty or not a base64 string")
+    payload = value.partition(",")[2] if value.startswith("data:") else value
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadSample("unreadable_image", f"{where}: invalid base64: {e}") from None

@@ -1,0 +1,230 @@
+"""``vlmtune eval``: run a model (full or PEFT adapter) over an eval set and score it.
+
+Eval-only: needs a model directory and a data file, nothing else (no training data, no
+recipe). Steps: load the model (:func:`~vlmtune.models.loading.load_for_inference`), read
+the samples (a trailing assistant turn is the reference and is not shown to the model),
+generate greedily in batches (:class:`~vlmtune.rollout.batched.BatchedGenerator`), score
+with the task (:mod:`vlmtune.eval.tasks`) and write to ``out_dir``:
+
+- ``predictions.jsonl`` — one record per sample: ``id``, ``question``, ``image`` (path of
+  the first image, or ``"<inline>"`` for embedded images), ``level``, ``gold``,
+  ``response``, ``pred``, ``correct``, ``verdicts`` and the task's per-sample fields;
+- ``predictions.csv`` — the same records flattened (``verdicts.*`` become columns);
+- ``metrics.json`` — the task's aggregate metrics at top level plus ``run`` (model, data,
+  task, counts, skipped rows, wall time);
+- ``report/index.html`` — the self-contained HTML report (:mod:`vlmtune.eval.report`).
+
+Also runnable as ``python -m vlmtune.eval.run --model DIR --data FILE ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vlmtune.config import ConfigError
+
+__all__ = ["add_eval_args", "cmd_eval", "run_eval", "write_predictions"]
+
+FIRST_COLUMNS = ("id", "question", "image", "level", "gold", "response", "pred", "correct", "verdicts")
+
+
+def _image_ref(sample: Any) -> str | None:
+    from vlmtune.data.sample import image_path
+
+    if not sample.images:
+        return None
+    path = image_path(sample.images[0])
+    return str(path) if path is not None else "<inline>"
+
+
+def _sample_id(sample: Any, index: int) -> str:
+    meta = sample.meta if isinstance(sample.meta, dict) else {}
+    if meta.get("id") is not None:
+        return str(meta["id"])
+    if sample.source is not None:
+        return f"{Path(sample.source[0]).name}:{sample.source[1]}"
+    return str(index)
+
+
+def resolve_judge_arg(judge: Any) -> Any:
+    """``None``/``"rule"`` -> rule judge; an ``http(s)://`` URL -> HTTP judge at that base URL;
+    a ``.yaml`` path -> the recipe's ``judge`` section; otherwise passed through."""
+    if judge is None or not isinstance(judge, (str, Path)):
+        return judge
+    s = str(judge)
+    if s == "rule":
+        return "rule"
+    from vlmtune.config import JudgeConfig, load_recipe
+
+    if s.startswith(("http://", "https://")):
+        return JudgeConfig(base_url=s)
+    if s.endswith((".yaml", ".yml")):
+        return load_recipe(s).judge
+    raise ConfigError(f"--judge must be 'rule', an http(s):// base URL or a recipe .yaml, got {s!r}")
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled)
+
+
+def run_eval(model_path: str | Path, data_path: str | Path, task: str = "generic",
+             out_dir: str | Path = "runs/eval", base_model: str | None = None, batch_size: int = 8,
+             max_new_tokens: int = 64, system_prompt: str | None = None, limit: int | None = None,
+             judge: Any = None, show_progress: bool = True, title: str | None = None) -> dict:
+    """Evaluate and write predictions, metrics and the report; returns the metrics dict.
+
+    Raises:
+        ConfigError: unknown task or bad argument (the message lists the known tasks).
+        ModelLoadError: the model directory is missing or holds no model.
+        DataError: the data file is missing or unreadable.
+    """
+    from vlmtune.data.readers import read_samples
+    from vlmtune.data.report import DataError
+    from vlmtune.eval.report import write_report
+    from vlmtune.eval.tasks import TASKS, get_task, question_of
+    from vlmtune.models.loading import check_model_path, load_for_inference
+    from vlmtune.rollout.batched import BatchedGenerator
+    from vlmtune.rollout.hf import SamplingParams
+
+    start = time.perf_counter()
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 0):
+        raise ConfigError("batch_size and max_new_tokens must be >= 1 and limit >= 0")
+    check_model_path(model_path)
+    if base_model is not None:
+        check_model_path(base_model)
+    data_path = Path(data_path)
+    if not data_path.is_file():
+        raise DataError(f"data file not found: {data_path}")
+    scorer = get_task(task, judge=resolve_judge_arg(judge))
+
+    samples, bad_rows = read_samples(data_path, require_assistant=False, limit=limit)
+    loaded = load_for_inference(model_path, base_model=base_model)
+    gen = BatchedGenerator(loaded.model, loaded.processor, system_prompt=system_prompt)
+    params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
+    with _progress(show_progress) as progress:
+        bar = progress.add_task(f"eval {task}", total=len(samples))
+        responses = gen.generate(samples, params, batch_size=batch_size,
+                                 on_batch=lambda k: progress.advance(bar, k))
+    gen_seconds = time.perf_counter() - start
+
+    task_records, metrics = scorer.score(samples, responses)
+    records = []
+    for i, (sample, response, rec) in enumerate(zip(samples, responses, task_records)):
+        row: dict[str, Any] = {"id": _sample_id(sample, i), "question": question_of(sample),
+                               "image": _image_ref(sample), "level": rec.get("level"),
+                               "gold": rec.get("gold"), "response": response, "pred": rec.get("pred"),
+                               "correct": rec.get("correct"), "verdicts": rec.get("verdicts", {})}
+        row.update({k: v for k, v in rec.items() if k not in row})
+        records.append(row)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(records, out)
+    metrics = dict(metrics)
+    metrics["run"] = {
+        "model": str(model_path), "base_model": base_model, "is_adapter": loaded.is_adapter,
+        "data": str(data_path), "task": task, "n_samples": len(samples),
+        "skipped_rows": bad_rows.total, "skipped_by_reason": bad_rows.counts(),
+        "batch_size": batch_size, "max_new_tokens": max_new_tokens, "system_prompt": system_prompt,
+        "limit": limit, "generation_seconds": round(gen_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False, default=str))
+    # thumbnails come from the samples themselves, so inline (bytes/PIL) images show too
+    report_records = [dict(r, _image_obj=s.images[0] if s.images else None) for r, s in zip(records, samples)]
+    write_report(out / "report", {Path(str(model_path)).name or "model": (report_records, metrics)},
+                 title=title or f"vlmtune eval: {task} on {data_path.name}")
+    metrics["run"]["wall_seconds"] = round(time.perf_counter() - start, 2)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False, default=str))
+    return metrics
+
+
+def _flat(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
+
+
+def write_predictions(records: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """``predictions.jsonl`` (nested) and ``predictions.csv`` (flat: ``verdicts.<k>`` columns)."""
+    out = Path(out_dir)
+    jsonl, csv_path = out / "predictions.jsonl", out / "predictions.csv"
+    with jsonl.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    flat_rows = []
+    for r in records:
+        flat = {k: _flat(v) for k, v in r.items() if k != "verdicts"}
+        for k, v in (r.get("verdicts") or {}).items():
+            flat[f"verdicts.{k}"] = _flat(v)
+        flat_rows.append(flat)
+    columns: list[str] = [c for c in FIRST_COLUMNS if c != "verdicts"]
+    for row in flat_rows:
+        columns += [k for k in row if k not in columns]
+    with csv_path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(flat_rows)
+    return jsonl, csv_path
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.eval.tasks import TASKS
+
+    p.add_argument("--model", required=True, help="model directory (full model or PEFT adapter)")
+    p.add_argument("--data", required=True, help="eval data file (.jsonl / .json / .parquet, canonical samples)")
+    p.add_argument("--task", default="generic", choices=sorted(TASKS),
+                   help="how responses are scored (default: generic)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--base-model", default=None, help="base model directory for an adapter "
+                   "(default: the adapter's base_model_name_or_path)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--system-prompt", default=None, help="system prompt added to each sample")
+    p.add_argument("--judge", default=None, help="clarify task judge: 'rule' (default, offline), "
+                   "an OpenAI-compatible base URL, or a recipe .yaml whose judge section to use")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    metrics = run_eval(args.model, args.data, task=args.task, out_dir=args.out, base_model=args.base_model,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       system_prompt=args.system_prompt, limit=args.limit, judge=args.judge,
+                       show_progress=not getattr(args, "no_progress", False))
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    print(json.dumps(shown, indent=1, default=str))
+    print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, predictions.csv, report/index.html")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vlmtune.data.report import DataError
+    from vlmtune.models.loading import ModelLoadError
+
+    p = argparse.ArgumentParser(prog="vlmtune eval", description="evaluate a model on an eval set")
+    add_eval_args(p)
+    args = p.parse_args(argv)
+    try:
+        return cmd_eval(args)
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"vlmtune eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Batched generation for evaluation: many prompts per ``generate`` call.
+
+:class:`~vlmtune.rollout.hf.HFGenerator` runs one prompt at a time (what GRPO needs: G
+completions of one prompt). Evaluation wants the opposite: one greedy completion of many
+prompts. :class:`BatchedGenerator` renders each prompt exactly as
+:func:`~vlmtune.batching.render.render_prompt` does (same chat template, same system
+prompt, trailing reference answer left out), then calls the *processor* once on the whole
+batch of texts and images, left-padded, so image tensors come out laid out the way the
+family expects for a batch (Qwen: concatenated patches + ``image_grid_thw``; LLaVA /
+Gemma3 / InternVL: stacked images; Idefics3: a per-sample image axis). Greedy outputs are
+the same as the one-at-a-time path (a test holds them side by side).
+
+Samples with and without images are never mixed in one processor call (processors want
+either images for every text or none); a batch is split into those two groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from vlmtune.batching.render import with_system_prompt
+from vlmtune.data.sample import Sample
+from vlmtune.rollout.hf import SamplingParams, _end_ids, completion_mask
+
+__all__ = ["BatchedGenerator", "prompt_text"]
+
+
+def prompt_text(sample: Sample, processor: Any, system_prompt: str | None = None) -> str:
+    """The chat-template text of a sample's prompt (as :func:`render_prompt` renders it)."""
+    messages = with_system_prompt(sample.messages, system_prompt)
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class BatchedGenerator:
+    """One completion per prompt, ``batch_size`` prompts per ``generate`` call."""
+
+    def __init__(self, model: Any, processor: Any, system_prompt: str | None = None):
+        self.model, self.processor, self.system_prompt = model, processor, system_prompt
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.end_ids = _end_ids(model, self.tokenizer)
+
+    def encode(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Processor outputs for a batch of prompts, left-padded (all with images or none)."""
+        texts = [prompt_text(s, self.processor, self.system_prompt) for s in samples]
+        images = [s.load_images() for s in samples]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "add_special_tokens": False,
+                                  "padding": True}
+        if any(images):
+            if not all(images):
+                raise ValueError("encode: a batch mixes samples with and without images")
+            kwargs["images"] = images
+        old_side = getattr(self.tokenizer, "padding_side", "right")
+        self.tokenizer.padding_side = "left"
+        try:
+            return dict(self.processor(**kwargs))
+        finally:
+            self.tokenizer.padding_side = old_side
+
+    @torch.no_grad()
+    def generate(self, samples: Sequence[Sample], params: SamplingParams | None = None,
+                 batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[str]:
+        """Completion texts in sample order. ``on_batch(k)`` is called after each ``generate``
+        call with the number of samples it finished (for progress bars)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        params = params or SamplingParams(do_sample=False)
+        was_training = self.model.training
+        self.model.eval()
+        out: list[str | None] = [None] * len(samples)
+        try:
+            for start in range(0, len(samples), batch_size):
+                idx = list(range(start, min(start + batch_size, len(samples))))
+                with_img = [i for i in idx if samples[i].images]
+                without = [i for i in idx if not samples[i].images]
+                for group in (with_img, without):
+                    if not group:
+                        continue
+                    for i, text in zip(group, self._batch([samples[i] for i in group], params)):
+                        out[i] = text
+                if on_batch is not None:
+                    on_batch(len(idx))
+        finally:
+            self.model.train(was_training)
+        return [t or "" for t in out]
+
+    def _batch(self, samples: list[Sample], params: SamplingParams) -> list[str]:
+        enc = self.encode(samples)
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
+        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
+            if params.do_sample else {"do_sample": False}
+        seqs = self.model.generate(**inputs, max_new_tokens=params.max_new_tokens,
+                                   pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
+        ids = seqs[:, enc["input_ids"].shape[1]:].cpu()
+        mask, _ = completion_mask(ids, self.end_ids)
+        return [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True).strip()
+                for row, m in zip(ids, mask)]

@@ -1,0 +1,271 @@
+"""Metric functions against hand-computed values (the arithmetic is in the comments)."""
+
+import pytest
+
+from vlmtune.eval.metrics import (
+    clarify_report, confusion_matrix, exact_match, factual_consistency, is_clarifying_question,
+    level_type, mc_accuracy, mc_prompt, normalize_text, over_asking_rate, parse_mc_digit,
+    response_type_accuracy, rouge1, rouge_l, rouge_tokens, shuffle_choices, strategic_accuracy,
+    token_f1, under_clarifying_rate)
+from vlmtune.rewards.rules import normalize_answer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_normalize_text():
+    # lower -> "the  cat's hat!" ; no punct -> "the  cats hat" ; no articles ; squeeze
+    assert normalize_text("  The  Cat's hat!") == "cats hat"
+    assert normalize_text("An apple, a pear; THE end.") == "apple pear end"
+    assert normalize_text("theatre another") == "theatre another"  # articles as whole words only
+    assert normalize_text(None) == "" and normalize_text("") == ""
+    assert normalize_text("Hello, World") == normalize_answer("Hello, World")  # same function
+
+
+@pytest.mark.parametrize("pred,gold,em", [
+    ("The cat.", "cat", 1.0),
+    ("CAT", "the Cat!", 1.0),
+    ("A cat", "the cats", 0.0),
+    ("", "", 1.0),            # both "no answer" (SQuAD v2)
+    (None, "", 1.0),
+    ("", "cat", 0.0),
+    ("cat", "", 0.0),
+    ("the", "", 1.0),         # only an article: normalizes to empty
+    ("cat", ["dog", "Cat!"], 1.0),  # best over golds
+    ("red cup", "cup red", 0.0),
+])
+def test_exact_match(pred, gold, em):
+    assert exact_match(pred, gold) == em
+
+
+@pytest.mark.parametrize("pred,gold,f1", [
+    # pred [red, red, cup], gold [red, cup]: common red×1 + cup×1 = 2, P=2/3, R=1 -> 0.8
+    ("the red red cup", "red cup", 0.8),
+    ("Red, cup!", "the red cup", 1.0),
+    ("blue cup", "red cup", 0.5),           # P=R=1/2
+    ("cup red", "red cup", 1.0),            # bag of words
+    # pred [big, red, cup, on, table] (5), gold [red, cup] (2): common 2, P=2/5, R=1 -> 4/7
+    ("A big red cup on the table.", "red cup", 4 / 7),
+    ("", "", 1.0), ("", "cup", 0.0), ("cup", "", 0.0), ("a an the", "", 1.0),
+    ("dog", "cat", 0.0),
+    ("red", ["blue cup", "red cup"], 2 / 3),  # best: P=1, R=1/2 -> 2/3
+])
+def test_token_f1(pred, gold, f1):
+    assert token_f1(pred, gold) == pytest.approx(f1)
+
+
+def test_rouge_tokens():
+    assert rouge_tokens("The cat's HAT-stand, 2x!") == ["the", "cat", "s", "hat", "stand", "2x"]
+    assert rouge_tokens("") == [] and rouge_tokens(None) == []
+
+
+@pytest.mark.parametrize("pred,gold,r1,rl", [
+    # 6 vs 5 tokens, clipped overlap the×2 cat on mat = 5, LCS "the cat on the mat" = 5:
+    # P=5/6, R=1, F=10/11 for both
+    ("the cat sat on the mat", "the cat on the mat", 10 / 11, 10 / 11),
+    # all 5 unigrams match (F=1); LCS = 3 ("the cat the"), P=R=3/5 -> 0.6
+    ("mat the on cat the", "the cat on the mat", 1.0, 0.6),
+    ("a cat", "cat", 2 / 3, 2 / 3),         # articles are kept: P=1/2, R=1
+    ("Cat's!", "cat s", 1.0, 1.0),          # punctuation splits
+    ("CAT", "cat", 1.0, 1.0),
+    ("cat cat cat", "cat", 0.5, 0.5),       # clipped: overlap 1, P=1/3, R=1 -> 1/2
+    ("", "", 0.0, 0.0), ("cat", "", 0.0, 0.0), ("", "cat", 0.0, 0.0),
+    ("dog", "cat", 0.0, 0.0),
+    # 4 vs 3 tokens [a b c d] / [a c e]: overlap 2, P=1/2, R=2/3 -> 4/7; LCS "a c" = 2 too
+    ("a b c d", "a c e", 4 / 7, 4 / 7),
+    # [b a] vs [a b]: unigrams match; LCS 1 -> 1/2
+    ("b a", "a b", 1.0, 0.5),
+])
+def test_rouge(pred, gold, r1, rl):
+    assert rouge1(pred, gold) == pytest.approx(r1)
+    assert rouge_l(pred, gold) == pytest.approx(rl)
+
+
+def test_rouge_multiple_golds():
+    assert rouge1("red cup", ["blue plate", "a red cup"]) == pytest.approx(0.8)  # P=1, R=2/3
+    assert rouge_l("red cup", ["cup red", "x"]) == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- response type
+
+
+def test_is_clarifying_question():
+    assert is_clarifying_question("Which one do you mean?")
+    assert is_clarifying_question("どれ？")  # full-width
+    assert not is_clarifying_question("Which one do you mean.")
+    assert not is_clarifying_question("") and not is_clarifying_question(None)
+
+
+def test_response_type_accuracy():
+    responses = ["Which one?", "It is red.", "There are two: red and blue.", "Do you mean X?"]
+    types = ["ambig", "unambig", "ambig", "unambig"]
+    # heuristic: [ambig, unambig, unambig, ambig] vs gold -> [T, T, F, F]
+    assert response_type_accuracy(responses, types) == 0.5
+    # by judge: [ambig, unambig, None, unambig] -> [T, T, F(None), T]
+    assert response_type_accuracy(responses, types, ["ambig", "unambig", None, "unambig"]) == 0.75
+    assert response_type_accuracy([], []) is None
+    assert response_type_accuracy(["", None], ["Unambig", "ambig"]) == 0.5  # empty = an answer
+    assert [level_type(x) for x in ("L0", 1, "2", "L3", None, "x")] == \
+        ["unambig", "unambig", "ambig", "ambig", None, None]
+    with pytest.raises(ValueError):
+        response_type_accuracy(["a"], ["ambig", "unambig"])
+
+
+# --------------------------------------------------------------------------- strategy
+
+
+def test_strategic_accuracy():
+    out = strategic_accuracy(["L0", "L1", "L2", "L3", "L3"], ["L0", None, "2", "L2", "garbage"])
+    # hits [1, 0, 1, 0, 0]
+    assert out["overall"] == pytest.approx(0.4)
+    assert out["per_level"] == {"L0": 1.0, "L1": 0.0, "L2": 1.0, "L3": 0.0}
+    assert out["n"] == 5 and out["per_level_n"] == {"L0": 1, "L1": 1, "L2": 1, "L3": 2}
+
+
+def test_strategic_accuracy_all_none_and_empty():
+    out = strategic_accuracy(["L0", "L2", 2], [None, None, None])
+    assert out["overall"] == 0.0
+    assert out["per_level"] == {"L0": 0.0, "L1": None, "L2": 0.0, "L3": None}
+    empty = strategic_accuracy([], [])
+    assert empty["overall"] is None and set(empty["per_level"].values()) == {None}
+    with pytest.raises(ValueError):
+        strategic_accuracy(["L7"], ["L0"])
+    with pytest.raises(ValueError):
+        strategic_accuracy(["L0"], [])
+
+
+def test_confusion_matrix_with_none_column():
+    gold = ["L0", "L0", "L1", "L2", "L3", "L3", "L3"]
+    pred = ["L0", "L3", None, 2, "L3", "unparseable", "level 0"]
+    assert confusion_matrix(gold, pred) == [
+        # L0 L1 L2 L3 none
+        [1, 0, 0, 1, 0],  # L0
+        [0, 0, 0, 0, 1],  # L1
+        [0, 0, 1, 0, 0],  # L2
+        [1, 0, 0, 1, 1],  # L3
+    ]
+    assert confusion_matrix([], []) == [[0] * 5 for _ in range(4)]
+    assert confusion_matrix(["L0", "L0"], [None, None]) == [[0, 0, 0, 0, 2]] + [[0] * 5] * 3
+    assert confusion_matrix(["a", "b"], ["b", "c"], labels=("a", "b")) == [[0, 1, 0], [0, 0, 1]]
+    with pytest.raises(ValueError):
+        confusion_matrix(["L9"], ["L0"])
+
+
+def test_over_asking_and_under_clarifying_rates():
+    gold = ["L0", "L0", "L1", "L1", "L2", "L2", "L3", "L3"]
+    pred = ["L0", "L3", "L2", None, "L0", "L1", "L1", None]
+    # unambiguous rows: L0->L0 no, L0->L3 yes, L1->L2 yes, L1->None no  -> 2/4
+    assert over_asking_rate(gold, pred) == 0.5
+    # ambiguous rows: L2->L0 yes, L2->L1 yes, L3->L1 yes, L3->None no  -> 3/4
+    assert under_clarifying_rate(gold, pred) == 0.75
+    assert over_asking_rate(["L2", "L3"], ["L2", "L0"]) is None  # no unambiguous sample
+    assert under_clarifying_rate(["L0"], ["L3"]) is None
+    # enumerate on L3 / ask on L2 are neither over-asking nor under-clarifying
+    assert under_clarifying_rate(["L2", "L3"], ["L3", "L2"]) == 0.0
+    assert over_asking_rate(["L0", "L1"], [None, None]) == 0.0
+
+
+def test_factual_consistency():
+    assert factual_consistency([True, False, None, False]) == pytest.approx(2 / 3)
+    assert factual_consistency([]) is None and factual_consistency([None]) is None
+    assert factual_consistency([False]) == 1.0
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+
+@pytest.mark.parametrize("text,digit", [
+    ("3", 3), (" 3. ", 3), ("(2)", 2), ("4)", 4), ("The answer is 1.", 1), ("Answer: 2", 2),
+    ("I choose option 4 because it asks.", 4), ("<answer>2</answer> not 3", 2),
+    ("1) The triangle is red.", 1), ("5", None), ("0", None), ("12", None), ("2.5", None),
+    ("none of them", None), ("", None), (None, None), ("Option #3", 3),
+])
+def test_parse_mc_digit(text, digit):
+    assert parse_mc_digit(text) == digit
+
+
+def test_mc_accuracy():
+    # parsed [2, 3, None, 4, None] vs [2, 1, 1, 4, 1] -> [T, F, F, T, F]
+    assert mc_accuracy(["2", "The answer is 3.", None, 4, "12"], [2, 1, 1, 4, 1]) == 0.4
+    assert mc_accuracy([], []) is None
+    assert mc_accuracy([None, None], [1, 2]) == 0.0
+
+
+def test_shuffle_choices_tracks_gold_and_is_deterministic():
+    choices = ["right", "wrong a", "wrong b", "ask"]
+    seen = set()
+    for seed in range(40):
+        for gold in (1, 4):
+            out, g = shuffle_choices(choices, gold, seed)
+            assert sorted(out) == sorted(choices) and out[g - 1] == choices[gold - 1]
+            assert shuffle_choices(choices, gold, seed) == (out, g)
+        seen.add(tuple(out))
+    assert len(seen) > 10  # really shuffles
+    golds = [shuffle_choices(choices, 1, f"s-{i}")[1] for i in range(400)]
+    assert all(golds.count(k) > 60 for k in (1, 2, 3, 4))  # gold spread over positions
+    as_dict = {"1": "right", "2": "wrong a", "3": "wrong b", "4": "ask"}
+    assert shuffle_choices(as_dict, 4, 7) == shuffle_choices(choices, 4, 7)
+    with pytest.raises(ValueError):
+        shuffle_choices(choices, 5, 0)
+    prompt = mc_prompt("What colour?", ["a", "b"])
+    assert prompt.splitlines()[:3] == ["Question: What colour?", "1) a", "2) b"]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _records():
+    return [
+        {"gold_level": "L0", "pred_level": "L0", "type": "unambig", "response": "The cup is red.",
+         "reference": "The cup is red.", "distortion": False, "mc_pred": "1", "mc_gold": 1},
+        {"gold_level": "L1", "pred_level": "L3", "type": "unambig", "response": "Which cup?",
+         "reference": "You mean the left cup: it is red.", "distortion": None,
+         "mc_pred": "4", "mc_gold": 2},
+        {"gold_level": "L2", "pred_level": "L2", "type": "ambig",
+         "response": "There are two cups: a red cup and a blue cup.",
+         "reference": "There are two cups: a red cup and a blue cup.", "distortion": False},
+        {"gold_level": "L3", "pred_level": None, "response": "",
+         "reference": "Which cup do you mean?", "distortion": True},
+    ]
+
+
+def test_clarify_report():
+    rep = clarify_report(_records())
+    assert set(rep["groups"]) == {"all", "ambig", "unambig", "L0", "L1", "L2", "L3"}
+    a = rep["groups"]["all"]
+    assert a["n"] == 4 and a["strategic_accuracy"] == 0.5 and a["no_strategy"] == 1
+    # EM per record: 1, 0, 1, 0 ("" vs non-empty) -> 0.5
+    assert a["exact_match"] == 0.5
+    # "?" heuristic types: [unambig, ambig, unambig, unambig] vs [u, u, a, a] -> [T, F, F, F]
+    assert a["rta"] == 0.25
+    # judge types from pred levels: [u, a, a, None] vs [u, u, a, a] -> [T, F, T, F]
+    assert a["rta_judge"] == 0.5
+    assert a["factual_consistency"] == pytest.approx(2 / 3) and a["judged_distortion"] == 3
+    assert a["over_asking_rate"] == 0.5 and a["under_clarifying_rate"] == 0.0
+    assert a["mc_accuracy"] == 0.5  # [1==1, 4!=2]
+    u, amb = rep["groups"]["unambig"], rep["groups"]["ambig"]
+    assert u["n"] == 2 and u["strategic_accuracy"] == 0.5 and u["under_clarifying_rate"] is None
+    assert amb["over_asking_rate"] is None and amb["mc_accuracy"] is None
+    assert amb["token_f1"] == pytest.approx(0.5)  # 1.0 and 0.0 ("" vs reference)
+    # L1: response "Which cup?" vs "You mean the left cup: it is red.": unigram overlap
+    # "cup" -> P=1/2, R=1/8 -> F = 2·(1/16)/(5/8) = 0.2; LCS = 1 as well
+    assert rep["groups"]["L1"]["rouge1"] == pytest.approx(0.2)
+    assert rep["groups"]["L1"]["rouge_l"] == pytest.approx(0.2)
+    assert rep["groups"]["L3"]["strategic_accuracy"] == 0.0
+    assert rep["strategic_accuracy"]["per_level"] == {"L0": 1.0, "L1": 0.0, "L2": 1.0, "L3": 0.0}
+    assert rep["confusion_matrix"]["columns"][-1] == "none"
+    assert rep["confusion_matrix"]["matrix"] == [
+        [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]
+    assert rep["over_asking_rate"] == 0.5 and rep["under_clarifying_rate"] == 0.0
+
+
+def test_clarify_report_empty_groups_and_bad_gold():
+    rep = clarify_report([{"gold_level": 0, "pred_level": 0, "response": "x", "reference": None}])
+    assert rep["groups"]["L0"]["n"] == 1 and rep["groups"]["L3"]["n"] == 0
+    assert rep["groups"]["L3"]["strategic_accuracy"] is None
+    assert rep["groups"]["all"]["exact_match"] is None  # no reference -> no text metrics
+    assert clarify_report([])["groups"]["all"]["strategic_accuracy"] is None
+    with pytest.raises(ValueError):
+        clarify_report([{"gold_level": None, "pred_level": "L0"}])
