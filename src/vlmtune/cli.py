@@ -110,6 +110,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.serve import add_serve_args
+
+    add_serve_args(p)
+
+
+@verb("serve", "OpenAI-compatible chat-completions server over a local model or adapter", _serve_args)
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vlmtune.serve import cmd_serve as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmtune", description="Post-training for vision-language models.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
