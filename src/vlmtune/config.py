@@ -46,47 +46,47 @@ class DataConfig(_Section):
     loss_on: Literal["all_assistant", "last_assistant", "all"] = Field(
         "all_assistant", description="Which tokens carry the loss (image/pad tokens never do).")
     system_prompt: str | None = Field(None, description="Prepended as a system turn when a sample has none.")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows (debugging).")
 
 
 class TrainConfig(_Section):
-    mode: Literal["full", "lora", "qlora"] = "lora"
+    mode: Literal["full", "lora", "qlora"] = Field("lora", description="What trains: the whole model, LoRA adapters, or LoRA over a 4-bit base.")
     max_steps: int = Field(-1, description="Optimizer steps; -1 = run train.epochs.")
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(1e-4, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the data when max_steps is -1.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     vision_lr: float | None = Field(None, gt=0, description="Separate lr for the vision tower if trained.")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay (not on biases and norms).")
     batch_size: int = Field(1, ge=1, description="Micro-batch size per device.")
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(2048, ge=8)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (token-exact loss).")
+    max_length: int = Field(2048, ge=8, description="Longer samples are dropped whole, never cut.")
     max_grad_norm: float | None = Field(1.0, description="Clip gradients to this norm; None disables.")
-    warmup_steps: int = Field(0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    log_every: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (wins over warmup_ratio).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of all steps.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = mixed precision via accelerate.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations (works with LoRA and frozen towers).")
+    seed: int = Field(0, description="Seeds init, data order, dropout and sampling.")
+    log_every: int = Field(1, ge=1, description="Write metrics every N steps.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = only at the end.")
-    keep_last: int = Field(2, ge=1)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
 
 
 class LoraConfig(_Section):
-    r: int = Field(16, ge=1)
-    alpha: float = 32
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | str | None = Field(
         None, description="None = the family default (language model attention + MLP).")
-    modules_to_save: list[str] | None = None
+    modules_to_save: list[str] | None = Field(None, description="Extra modules trained fully and saved with the adapter.")
 
 
 class QuantConfig(_Section):
-    bits: Literal[4, 8] = 4
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    bits: Literal[4, 8] = Field(4, description="bitsandbytes quantization of the base (qlora mode).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Matmul dtype of 4-bit layers.")
 
 
 class FreezeConfig(_Section):
@@ -102,8 +102,8 @@ class FreezeConfig(_Section):
 
 class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="Eval loss every N steps; 0 = only at the end.")
-    batch_size: int = Field(4, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(4, ge=1, description="Eval batch size.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation length at eval.")
     task: str | None = Field(None, description="Task whose metrics to compute (e.g. 'clarify').")
 
 
@@ -113,44 +113,44 @@ class OutputConfig(_Section):
 
 class GrpoConfig(_Section):
     num_generations: int = Field(4, ge=2, description="Completions per prompt (G).")
-    loss: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    loss: Literal["grpo", "dr_grpo", "dapo", "gspo"] = Field("grpo", description="Policy-loss variant (see docs/grpo.md).")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference.")
-    kl: Literal["k1", "k3"] = "k3"
-    eps_low: float = Field(0.2, ge=0)
+    kl: Literal["k1", "k3"] = Field("k3", description="KL estimator.")
+    eps_low: float = Field(0.2, ge=0, description="Lower clip: ratio >= 1 - eps_low.")
     eps_high: float | None = Field(None, ge=0, description="None = eps_low (symmetric clip).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3.0).")
-    scale: Literal["group", "batch", "none"] = "group"
-    adv_eps: float = Field(1e-4, gt=0)
+    scale: Literal["group", "batch", "none"] = Field("group", description="Advantage std scaling (none = Dr. GRPO).")
+    adv_eps: float = Field(1e-4, gt=0, description="Added to the std before dividing.")
     num_iterations: int = Field(1, ge=1, description="Policy updates per generation batch (mu).")
-    max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1, description="Completion length limit.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use it too).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     prompts_per_step: int = Field(2, ge=1, description="Prompts sampled per generation batch.")
     drop_zero_spread: bool = Field(False, description="Dynamic sampling: drop groups with equal rewards.")
     max_refill: int = Field(0, ge=0, description="Extra generation rounds to refill dropped groups.")
-    samples_to_log: int = Field(4, ge=0)
+    samples_to_log: int = Field(4, ge=0, description="Completions logged per step with their rewards.")
 
 
 class RewardSpec(_Section):
     fn: str = Field(..., description="'module:function' or 'path/to/file.py:function'.")
-    weight: float = 1.0
+    weight: float = Field(1.0, description="Weight in the summed reward.")
     name: str | None = Field(None, description="Name in metrics; default the function name.")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
 
 
 class JudgeConfig(_Section):
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "default"
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint.")
+    model: str = Field("default", description="Model name sent to the endpoint.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
-    concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(3, ge=0)
-    backoff_s: float = Field(0.5, ge=0)
+    concurrency: int = Field(8, ge=1, description="Requests in flight at most.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    retries: int = Field(3, ge=0, description="Retries on timeouts, connection errors, 5xx and 429.")
+    backoff_s: float = Field(0.5, ge=0, description="First backoff; doubles per retry.")
     cache_path: str | None = Field(None, description="SQLite cache file; None = no cache.")
-    temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(256, ge=1)
-    on_failure: Literal["none", "default", "abort"] = "none"
-    default_score: float = 0.0
+    temperature: float = Field(0.0, ge=0, description="Judge sampling; 0 keeps rewards stable.")
+    max_tokens: int = Field(256, ge=1, description="Judge reply length.")
+    on_failure: Literal["none", "default", "abort"] = Field("none", description="A failed judgement: no reward, default_score, or stop the run.")
+    default_score: float = Field(0.0, description="Reward used by on_failure=default.")
     abort_after: int = Field(20, ge=1, description="Consecutive failures before 'abort' stops the run.")
 
 
@@ -164,7 +164,7 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
-    rewards: list[RewardSpec] = Field(default_factory=list)
+    rewards: list[RewardSpec] = Field(default_factory=list, description="GRPO rewards: [{fn, weight, name, kwargs}].")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     resume_from: str | None = Field(None, description="'auto' (latest checkpoint in output.dir) or a path.")
 
@@ -255,3 +255,40 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
     """Write the resolved recipe (every default made explicit) next to the run."""
     Path(path).write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+
+def recipe_reference() -> str:
+    """Markdown table of every recipe key with its type, default and description
+    (``docs/recipes.md`` is generated from this; a test keeps the two in step)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            kind = _type_name(ann).replace("|", "\\|")
+            lines.append(f"| `{prefix}{name}` | {kind} | `{json_default(default)}` | {field.description or ''} |")
+
+    walk(Recipe, "")
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(ann: Any) -> str:
+    import typing
+
+    if typing.get_origin(ann) is Literal:
+        return " | ".join(str(a) for a in typing.get_args(ann))
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def json_default(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+if __name__ == "__main__":
+    print(recipe_reference(), end="")
