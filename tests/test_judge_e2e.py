@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-# one worker per module under `pytest -n N --dist loadgroup`, so each model loads once
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("judge_e2e")]
+pytestmark = pytest.mark.timeout(300)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY_ENV = "VLMTUNE_E2E_JUDGE_KEY"

@@ -19,8 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-# one worker per module under `pytest -n N --dist loadgroup`, so each model loads once
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serve")]
+pytestmark = pytest.mark.timeout(300)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY = "sk-vlmtune-test-7f3a9c1e5b"
@@ -153,7 +152,7 @@ def error_message(r: httpx.Response) -> str:
 # --------------------------------------------------------------------------- real text model
 
 
-def test_health_and_models(smol):
+def check_health_and_models(smol: str) -> None:
     assert httpx.get(f"{smol}/health", timeout=TIMEOUT).json()["status"] == "ok"
     r = httpx.get(f"{smol}/v1/models", timeout=TIMEOUT)
     assert r.status_code == 200
@@ -161,7 +160,7 @@ def test_health_and_models(smol):
     assert [m["id"] for m in r.json()["data"]] == ["smollm2"]
 
 
-def test_real_chat_completion(smol):
+def check_real_chat_completion(smol: str) -> None:
     r = chat(smol, {"model": "smollm2", "messages": user("What is the capital of France?"),
                     "temperature": 0, "max_tokens": 12})
     assert r.status_code == 200, r.text
@@ -177,7 +176,7 @@ def test_real_chat_completion(smol):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-def test_greedy_is_deterministic_and_n_choices(smol):
+def check_greedy_is_deterministic_and_n_choices(smol: str) -> None:
     body = {"messages": [{"role": "system", "content": "You are terse."},
                          {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]}],
             "temperature": 0, "max_tokens": 10, "n": 2}
@@ -186,14 +185,14 @@ def test_greedy_is_deterministic_and_n_choices(smol):
     assert len(texts) == 4 and len(set(texts)) == 1
 
 
-def test_seeded_sampling_is_reproducible(smol):
+def check_seeded_sampling_is_reproducible(smol: str) -> None:
     body = {"messages": user("Write a word."), "temperature": 1.0, "top_p": 0.9, "max_tokens": 6, "seed": 7}
     a, b = chat(smol, body), chat(smol, body)
     assert a.status_code == b.status_code == 200
     assert a.json()["choices"][0]["message"]["content"] == b.json()["choices"][0]["message"]["content"]
 
 
-def test_length_and_stop(smol):
+def check_length_and_stop(smol: str) -> None:
     r = chat(smol, {"messages": user("Count from one to ten in words."), "temperature": 0, "max_tokens": 1})
     assert r.json()["choices"][0]["finish_reason"] == "length"
     assert r.json()["usage"]["completion_tokens"] == 1
@@ -209,7 +208,7 @@ def test_length_and_stop(smol):
     assert choice["finish_reason"] == "stop"
 
 
-def test_text_only_model_rejects_images(smol):
+def check_text_only_model_rejects_images(smol: str) -> None:
     r = chat(smol, {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": png_data_uri()}}]}]})
@@ -217,7 +216,7 @@ def test_text_only_model_rejects_images(smol):
     assert "text-only" in error_message(r) and "images" in error_message(r)
 
 
-def test_sixteen_concurrent_requests_all_answered(smol):
+def check_sixteen_concurrent_requests_all_answered(smol: str) -> None:
     async def main() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             return await asyncio.gather(*(
@@ -234,6 +233,17 @@ def test_sixteen_concurrent_requests_all_answered(smol):
     assert gen["in_flight"] == 0 and gen["queued"] == 0
     assert gen["max_queued"] > 2  # requests really waited their turn (and were all answered)
     assert time.monotonic() - t0 < 240
+
+
+def test_smollm2_server(smol):
+    """One test for the real model, so that under ``pytest -n N`` one worker loads it (once)."""
+    check_health_and_models(smol)
+    check_real_chat_completion(smol)
+    check_greedy_is_deterministic_and_n_choices(smol)
+    check_seeded_sampling_is_reproducible(smol)
+    check_length_and_stop(smol)
+    check_text_only_model_rejects_images(smol)
+    check_sixteen_concurrent_requests_all_answered(smol)
 
 
 # --------------------------------------------------------------------------- tiny VLM, auth, validation

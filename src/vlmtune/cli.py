@@ -80,16 +80,27 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def _synth_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", choices=["shapes"], help="which synthetic data set")
+    p.add_argument("task", choices=["shapes", "clarify"],
+                   help="shapes: one coloured shape, short answers; clarify: the ambiguity-aware task")
     p.add_argument("out", help="output directory (JSONL + images)")
     p.add_argument("--n", type=int, default=64, help="training samples")
     p.add_argument("--eval-n", type=int, default=0, help="held-out samples (eval.jsonl)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=168)
+    p.add_argument("--prompt-variant", type=int, choices=[0, 1, 2], default=0,
+                   help="clarify: no / short / long system prompt")
 
 
 @verb("synth", "write a synthetic data set in the canonical format", _synth_args)
 def cmd_synth(args: argparse.Namespace) -> int:
+    if args.task == "clarify":
+        from vlmtune.data.clarify import make_clarify_dataset
+
+        paths = make_clarify_dataset(args.out, args.n, seed=args.seed, eval_n=args.eval_n or None,
+                                     image_size=args.image_size, prompt_variant=args.prompt_variant)
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
     from vlmtune.data.builtin import make_shapes_dataset
 
     path = make_shapes_dataset(args.out, n=args.n, seed=args.seed, image_size=args.image_size, eval_n=args.eval_n)
@@ -119,6 +130,33 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 @verb("serve", "OpenAI-compatible chat-completions server over a local model or adapter", _serve_args)
 def cmd_serve(args: argparse.Namespace) -> int:
     from vlmtune.serve import cmd_serve as run
+
+    return run(args)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.eval.run import add_eval_args
+
+    add_eval_args(p)
+
+
+@verb("eval", "evaluate a model (full or adapter): predictions, metrics and an HTML report", _eval_args)
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vlmtune.eval.run import cmd_eval as run
+
+    return run(args)
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.data.converters import add_convert_args
+
+    add_convert_args(p)
+
+
+@verb("convert", "convert source data (robo2vlm, carepilot, arlarena, abl, aqua, trl, sharegpt, swift) "
+                 "to canonical Parquet", _convert_args)
+def cmd_convert(args: argparse.Namespace) -> int:
+    from vlmtune.data.converters import cmd_convert as run
 
     return run(args)
 

@@ -237,3 +237,34 @@ def test_images_are_never_in_the_loss(tiny_model_dir, shapes):
     assert (enc["input_ids"] == image_id).any()
     assert not (enc["labels"] == image_id).any()
     assert Image.open(sample.images[0]).size == (168, 168)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("train.mode=lora", "train.gradient_checkpointing=true"),
+    ("train.mode=full", "train.gradient_checkpointing=true", "freeze.vision=true"),
+    ("train.mode=full", "train.precision=bf16"),
+    ("train.mode=full", "freeze.vision=false", "train.vision_lr=1e-5", "data.val_split=0.25", "eval.every=1"),
+], ids=["lora-gc", "full-gc-frozen-vision", "bf16", "vision-lr-eval"])
+def test_training_options_run(overrides, tiny_model_dir, shapes, tmp_path):
+    summary = run_sft(recipe(tiny_model_dir("qwen2_vl"), shapes, tmp_path / "run", "train.max_steps=2", *overrides),
+                      show_progress=False)
+    assert summary["steps"] == 2 and summary["train_loss_last"] == summary["train_loss_last"]  # not NaN
+    if "data.val_split=0.25" in overrides:
+        assert summary["train_rows"] == 6 and "eval_loss" in summary
+        rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert all("eval_loss" in r for r in rows)
+
+
+def test_vision_tower_gets_its_own_learning_rate(tiny_model_dir):
+    from vlmtune.models.loading import load_for_training
+    from vlmtune.train.common import build_optimizer
+
+    r = load_recipe(None, [f"model.path={tiny_model_dir('qwen2_vl')}", "train.mode=full", "freeze.vision=false",
+                           "train.lr=1e-3", "train.vision_lr=1e-5", "train.weight_decay=0.1"])
+    loaded = load_for_training(r.model, r.train.mode, r.lora, r.quant, r.freeze)
+    opt = build_optimizer(loaded.model, loaded.family, r.train)
+    lrs = {(g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert lrs == {(1e-3, 0.1), (1e-3, 0.0), (1e-5, 0.1), (1e-5, 0.0)}
+    n_vision = sum(p.numel() for g in opt.param_groups if g["lr"] == 1e-5 for p in g["params"])
+    assert n_vision == sum(p.numel() for n, p in loaded.model.named_parameters() if n.startswith("model.visual.")
+                           and ".merger." not in n)

@@ -2,11 +2,12 @@
 
 Each sample is one 168 px image of a 3×3 grid of cells on a plain light background; 8 of
 the 9 cells hold one big, flat, coloured shape (circle / square / triangle / star / diamond
-/ cross in red / green / blue / yellow / orange / purple / black; every shape's bounding box
-is at least 35 px, i.e. 2.5 patches of 14 px). The question asks for the colour of a shape
-*type* ("What colour is the triangle?"), sometimes with a referring phrase ("the triangle
-on the left", "the big triangle"). The gold strategy level depends only on how many shapes
-of the asked type the image holds and on whether the phrase singles one out:
+/ cross in red / green / blue / yellow / orange / purple / black; small shapes span 36 px
+(squares 32 px), big ones 50 px, i.e. 2.5 and 3.5 patches of 14 px). The question asks
+for the colour of a shape *type* ("What colour is the triangle?"), sometimes with a
+referring phrase ("the triangle on the left", "the big triangle"). The gold strategy
+level depends only on how many shapes of the asked type the image holds and on whether
+the phrase singles one out:
 
 ========  =========================================  ======================================
 level     image / question                           reference response (assistant turn)
@@ -98,12 +99,14 @@ BACKGROUNDS = ((250, 250, 250), (222, 222, 222), (245, 238, 220))
 GRID = 3  # 3×3 cells of 56 px at 168 px: 2×2 merged image tokens per cell
 N_SHAPES = 8  # always 8 shapes in 9 cells, whatever the level
 PROFILES = ((1, 3, 4), (1, 2, 5), (1, 1, 2, 4))  # type-count profiles, level-blind
-SIZE_FRACTION = {"small": 0.64, "big": 0.9}  # of the cell side: 35 / 50 px at 168 px
+SIZE_FRACTION = {"small": 0.64, "big": 0.9}  # of the cell side: 36 / 50 px at 168 px
 PHRASE_KINDS = ("left", "right", "top", "bottom", "big", "small")
 L0_PHRASE_SHARE = 0.5
-CELL_POSITIONS = (("at the top left", "at the top", "at the top right"),
-                  ("on the left", "in the centre", "on the right"),
-                  ("at the bottom left", "at the bottom", "at the bottom right"))
+CELL_POSITIONS = (("at the top left", "at the top centre", "at the top right"),
+                  ("at the middle left", "in the centre", "at the middle right"),
+                  ("at the bottom left", "at the bottom centre", "at the bottom right"))
+"""Cell names used in enumerations and facts (distinct from the question phrases, which
+name a whole column or row: "on the left" = any cell of the left column)."""
 COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 QUESTION_TEMPLATES = ("What colour is {ref}?", "What is the colour of {ref}?",
                       "Which colour does {ref} have?")
@@ -202,7 +205,8 @@ def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "
         messages = [] if system is None else [
             {"role": "system", "content": [{"type": "text", "text": system}]}]
         messages += [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item["question"]}]},
+            {"role": "user",
+             "content": [{"type": "image"}, {"type": "text", "text": item["question"]}]},
             {"role": "assistant", "content": [{"type": "text", "text": meta["references"][level]}]},
         ]
         yield Sample(messages=messages, images=[image], meta=meta)
@@ -369,7 +373,8 @@ def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
     elif len(members) == 1:
         l1 = f"You are referring to the only {t}: it is {target['colour']}."
     else:
-        l1 = f"You are most likely referring to the {t} {target['position']}: it is {target['colour']}."
+        l1 = (f"You are most likely referring to the {t} {target['position']}: "
+              f"it is {target['colour']}.")
     l2 = None
     if len(members) >= 2:
         listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]

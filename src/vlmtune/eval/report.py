@@ -216,7 +216,7 @@ def write_report(out_dir: str | Path, stages: dict[str, tuple[list[dict], dict]]
         groups = (m or {}).get("groups")
         if isinstance(groups, dict) and groups and all(isinstance(g, dict) for g in groups.values()):
             cols = list(dict.fromkeys(k for g in groups.values() for k, v in g.items()
-                                      if isinstance(v, (int, float)) or v is None))
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)))
             group_tables.append({"stage": n, "columns": cols,
                                  "rows": [{"group": str(name), "values": [_fmt(g.get(c)) for c in cols]}
                                           for name, g in groups.items()]})

@@ -206,7 +206,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                        system_prompt=args.system_prompt, limit=args.limit, judge=args.judge,
                        show_progress=not getattr(args, "no_progress", False))
-    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}
+    shown = {k: v for k, v in metrics.items()
+             if isinstance(v, (int, float, str)) or v is None or k == "strategic_accuracy"}
     print(json.dumps(shown, indent=1, default=str))
     print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, predictions.csv, report/index.html")
     return 0

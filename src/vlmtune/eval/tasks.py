@@ -144,6 +144,7 @@ class ClarifyTask:
                                  ("distortion", self.distortion_template, parse_pass_fail)],
                                 {"facts": facts, "level": golds})
         name = "rule" if type(judge).__name__ == "RuleJudge" else type(judge).__name__
+        self.judge_stats = dict(getattr(judge, "stats", {}) or {})
         return strategy, passed, name
 
     def score(self, samples: Sequence[Sample], responses: Sequence[str]) -> tuple[list[dict], dict]:
@@ -178,6 +179,7 @@ class ClarifyTask:
         agg["n"] = len(records)
         agg["judge"] = judge_name
         agg["judge_failures"] = sum(1 for s in strategy if s is None)
+        agg["judge_stats"] = getattr(self, "judge_stats", {})
         agg["n_without_level"] = sum(1 for r in records if r["gold"] is None)
         return records, agg
 

@@ -21,6 +21,7 @@ Parquet) raises :class:`ConvertError` before any of its rows is read.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -58,7 +59,8 @@ class Converter:
 
 
 def _register(name: str, module: ModuleType) -> Converter:
-    doc = (module.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    doc = " ".join((module.__doc__ or "").split())
+    doc = re.split(r"(?<=[.:])\s", doc)[0].rstrip(".:")
     return Converter(name, module.samples, dict(module.COLUMNS), tuple(module.REQUIRED),
                      tuple(getattr(module, "DROPPABLE", ())), doc)
 
@@ -114,6 +116,7 @@ def convert(
     image_dir: str | Path | None = None,
     embed_images: bool = True,
     progress: bool = True,
+    batch_size: int = 64,
 ) -> ConvertResult:
     """Convert ``input`` (a file or folder in format ``fmt``) to canonical Parquet.
 
@@ -132,6 +135,8 @@ def convert(
             file's folder).
         embed_images: Store image bytes in the output (else path images stay paths).
         progress: Show a progress bar on stderr.
+        batch_size: Rows per written batch / output row group (a batch is also flushed at
+            64 MiB of images); smaller bounds memory for large images.
 
     Returns:
         Counts of converted and skipped rows and where the skipped rows are listed.
@@ -156,7 +161,7 @@ def convert(
     stream = _validated(conv.samples(ctx), ctx)
     if progress:
         stream = _progress(stream, ctx, conv.name)
-    converted = write_parquet(stream, output, embed_images=embed_images)
+    converted = write_parquet(stream, output, embed_images=embed_images, batch_size=batch_size)
     errors = errors_path_for(output)
     if ctx.bad_rows.total:
         ctx.bad_rows.write_jsonl(errors)
@@ -218,7 +223,7 @@ def _progress(samples: Iterator[Sample], ctx: Context, name: str) -> Iterator[Sa
 
 def add_convert_args(p: argparse.ArgumentParser) -> None:
     """Arguments of ``vlmtune convert``."""
-    formats = "; ".join(f"{c.name}: {c.help}" for c in CONVERTERS.values())
+    formats = "".join(f"\n  {c.name:<10} {c.help}" for c in CONVERTERS.values())
     p.add_argument("--from", dest="fmt", required=True, choices=list(CONVERTERS), metavar="FORMAT",
                    help=f"source format ({', '.join(CONVERTERS)})")
     p.add_argument("input", help="input file or folder")
@@ -227,12 +232,14 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-score", type=float, help="arlarena: keep trajectories with task_score > X (seed: 0.9)")
     p.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
                    help="rename a column, e.g. --column question=prompt --column answer=label")
-    p.add_argument("--drop", nargs="+", default=[], choices=list(carepilot.DROPPABLE),
-                   help="carepilot: prompt sections to leave out")
+    p.add_argument("--drop", action="append", default=[], metavar="SECTION",
+                   help=f"carepilot: prompt section(s) to leave out, repeatable or comma-separated "
+                        f"({', '.join(carepilot.DROPPABLE)})")
     p.add_argument("--image-dir", help="folder relative image paths/ids are resolved against")
     p.add_argument("--no-embed-images", action="store_true", help="store path images as paths, not bytes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.epilog = "formats: " + formats
+    p.epilog = "formats:" + formats
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def parse_columns(items: Iterable[str]) -> dict[str, str]:
@@ -251,13 +258,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     The last line printed is ``converted N rows, skipped M rows``.
     """
+    drop = [d.strip() for item in args.drop for d in item.split(",") if d.strip()]
     try:
         result = convert(
             args.fmt, args.input, args.output, split=args.split, min_score=args.min_score,
-            columns=parse_columns(args.column), drop=args.drop, image_dir=args.image_dir,
+            columns=parse_columns(args.column), drop=drop, image_dir=args.image_dir,
             embed_images=not args.no_embed_images, progress=not args.no_progress,
         )
-    except (ValueError, ConvertError) as e:  # ConvertError is a ValueError too
+    except ValueError as e:  # bad options, and ConvertError (a DataError, itself a ValueError)
         print(f"vlmtune convert: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result.output}")

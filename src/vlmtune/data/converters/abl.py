@@ -86,7 +86,7 @@ def _sample(record: dict, actual: dict[str, str], kind: str, base: Path) -> Samp
         "type": kind, "facts": facts, "question": qa["question"], "answers": answers,
         "answer_key": key, "image_filename": image_name,
     }
-    if "id" in actual and record.get(actual["id"]) is not None:
+    if record.get(actual["id"]) is not None:
         meta["id"] = record[actual["id"]]
     messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa["question"]}]},

@@ -48,7 +48,7 @@ def _sample(record: dict, actual: dict[str, str], base: Path) -> Sample:
     image = image_entry(require(record, actual, "image"), base)
     meta: dict[str, Any] = {"level": level, "question": question}
     for key in ("facts", "id"):
-        value = record.get(actual[key]) if key in actual else None
+        value = record.get(actual[key])
         if value is not None and value != "":
             meta[key] = json_cell(value, actual[key]) if key == "facts" and _looks_json(value) else value
     messages = [

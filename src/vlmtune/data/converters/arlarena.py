@@ -163,7 +163,8 @@ class _ImagePool:
                 return [] if n_markers == 0 else self._missing(t, "turn has <image> but no 'image' key")
             start, self.next = self.next, self.next + n_markers
             if self.next > len(self.data):
-                raise BadSample("placeholder_mismatch", f"turns[{t}] needs image {self.next - 1}, trajectory has {len(self.data)}")
+                raise BadSample("placeholder_mismatch",
+                                f"turns[{t}] needs image {self.next - 1}, trajectory has {len(self.data)}")
             return [_decode(self.data[i], f"images.data[{i}]") for i in range(start, self.next)]
         refs = ref if isinstance(ref, list) else [ref]
         return [self._get(r, t) for r in refs]

@@ -118,7 +118,8 @@ def check_columns(file: Path, found: Iterable[str], ctx: Context, required: Iter
     for ``Long_term_Memory``).
 
     Returns:
-        Logical key -> actual column name, for every key whose column exists.
+        Logical key -> column name: the file's spelling where the column exists, else the
+        configured name (optional fields may still appear in later JSON records).
 
     Raises:
         ConvertError: A required column is missing.
@@ -139,7 +140,7 @@ def check_columns(file: Path, found: Iterable[str], ctx: Context, required: Iter
             detail=f"missing column(s) {missing}; expected {expected}, found {found} "
                    f"(rename with --column KEY=NAME)",
         )
-    return actual
+    return {**ctx.columns, **actual}
 
 
 # ---------------------------------------------------------------------------- records
@@ -178,6 +179,14 @@ def iter_records(path: Path, columns: list[str] | None = None, batch_size: int =
     if suffix in (".json", ".jsonl"):
         return _jsonl_records(path)
     raise ConvertError(path, detail=f"unsupported file type {path.suffix!r}; supported: {RECORD_SUFFIXES}")
+
+
+def present(actual: dict[str, str], file: Path) -> list[str] | None:
+    """The Parquet columns to read (those of ``actual`` the file has); ``None`` for other files."""
+    if file.suffix.lower() != ".parquet":
+        return None
+    names = set(parquet_file(file).schema_arrow.names)
+    return sorted({c for c in actual.values() if c in names})
 
 
 def parquet_file(path: Path) -> pq.ParquetFile:
@@ -355,7 +364,7 @@ def convert_records(
     for file in input_files(ctx.input, suffixes):
         actual = check_columns(file, record_columns(file), ctx, required)
         base = ctx.image_base(file).absolute()
-        columns = list(actual.values()) if file.suffix.lower() == ".parquet" else None
+        columns = present(actual, file)
         for row, record in iter_records(file, columns=columns, batch_size=batch_size):
             try:
                 if isinstance(record, BadSample):

@@ -100,10 +100,11 @@ def _sample(record: dict, actual: dict[str, str], base: Path, drop: frozenset[st
     output_text = strip_fence(require(record, actual, "output"))
     output = json_cell(output_text, actual["output"])
     if not isinstance(output, dict):
-        raise BadSample("bad_schema", f"column {actual['output']!r} must hold a JSON object, got {type(output).__name__}")
+        kind = type(output).__name__
+        raise BadSample("bad_schema", f"column {actual['output']!r} must hold a JSON object, got {kind}")
     image_id = str(require(record, actual, "image"))
     image = find_image(image_id, base)
-    optional = {k: record.get(actual[k]) if k in actual else None for k in DROPPABLE}
+    optional = {k: record.get(actual[k]) for k in DROPPABLE}
     instruction = str(require(record, actual, "instruction"))
     prompt = build_prompt(instruction, optional["grounding"], optional["short_term"], optional["long_term"], drop)
     action = field(output, "action", "action_type")

@@ -2,7 +2,8 @@
 
 Input: a Parquet shard or a folder of shards with columns ``id``, ``question``, ``choices``
 (a list, or a Python-literal list in a string: ``"['red', 'blue']"``), ``correct_answer``
-(0-based index or a letter) and ``image`` (``{bytes, path}``). A folder may mix
+(0-based index or a letter) and ``image`` (``{bytes, path}``, a path, or a list of them for
+several images). A folder may mix
 ``train-*`` and ``test-*`` shards (Hugging Face layout): ``split="train"`` keeps the train
 shards only; without a split every sample gets ``meta.split`` from its shard's name.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.data.converters.base import (
-    ConvertError, Context, check_columns, image_entry, input_files, iter_records, parquet_file, require,
+    ConvertError, Context, check_columns, image_entry, input_files, iter_records, parquet_file, present, require,
 )
 from vlmtune.data.sample import BadSample, Sample
 
@@ -57,7 +58,8 @@ def parse_choices(value: Any) -> list[str]:
         try:
             value = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
-            raise BadSample("bad_choices", f"choices string is not a Python list: {e.__class__.__name__}: {value[:80]!r}") from None
+            why = f"{e.__class__.__name__}: {value[:80]!r}"
+            raise BadSample("bad_choices", f"choices string is not a Python list: {why}") from None
     if not isinstance(value, (list, tuple)) or not value:
         raise BadSample("bad_choices", f"choices must be a non-empty list, got {type(value).__name__}")
     if len(value) > len(_LETTERS):
@@ -110,7 +112,7 @@ def _file_samples(file: Path, ctx: Context) -> Iterator[Sample]:
     actual = check_columns(file, parquet_file(file).schema_arrow.names, ctx, REQUIRED)
     split = shard_split(file)
     base = ctx.image_base(file).absolute()
-    for row, record in iter_records(file, columns=list(actual.values()), batch_size=32):
+    for row, record in iter_records(file, columns=present(actual, file), batch_size=32):
         try:
             sample = _sample(record, actual, split, base)
         except BadSample as e:
@@ -124,17 +126,21 @@ def _sample(record: Any, actual: dict[str, str], split: str | None, base: Path) 
     question = str(require(record, actual, "question"))
     choices = parse_choices(require(record, actual, "choices"))
     idx = answer_index(require(record, actual, "answer"), len(choices))
-    image = image_entry(require(record, actual, "image"), base)
+    cell = require(record, actual, "image")
+    images = [image_entry(v, base) for v in (cell if isinstance(cell, list) else [cell])]
+    if not images:
+        raise BadSample("missing_image", "empty image list")
     target = f"{_LETTERS[idx]}. {choices[idx]}"
     meta = {
-        "id": record.get(actual["id"]) if "id" in actual else None,
+        "id": record.get(actual["id"]),
         "question": question, "choices": choices, "answer": target,
         "answer_letter": _LETTERS[idx], "answer_index": idx,
     }
     if split is not None:
         meta["split"] = split
     messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": format_prompt(question, choices)}]},
+        {"role": "user", "content": [*({"type": "image"} for _ in images),
+                                     {"type": "text", "text": format_prompt(question, choices)}]},
         {"role": "assistant", "content": [{"type": "text", "text": target}]},
     ]
-    return Sample(messages=messages, images=[image], meta=meta)
+    return Sample(messages=messages, images=images, meta=meta)

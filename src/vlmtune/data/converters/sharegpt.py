@@ -30,7 +30,7 @@ def _sample(record: dict, actual: dict[str, str], base: Path) -> Sample:
     if not isinstance(turns, list) or not turns:
         raise BadSample("bad_schema", f"{actual['conversations']!r} must be a non-empty list")
     messages = []
-    system = record.get(actual["system"]) if "system" in actual else None
+    system = record.get(actual["system"])
     if isinstance(system, str) and system.strip():
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     for i, turn in enumerate(turns):
@@ -48,7 +48,7 @@ def _sample(record: dict, actual: dict[str, str], base: Path) -> Sample:
 
 def images_list(record: dict, actual: dict[str, str], base: Path) -> list:
     """The row's images column as canonical entries (a single value is a one-image list)."""
-    images = record.get(actual["images"]) if "images" in actual else None
+    images = record.get(actual["images"])
     if images is None:
         return []
     if not isinstance(images, list):

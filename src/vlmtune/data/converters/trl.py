@@ -29,5 +29,5 @@ def _sample(record: dict, actual: dict[str, str], base: Path) -> Sample:
     if isinstance(messages, str):
         raise BadSample("bad_schema", f"column {actual['messages']!r} is a string, expected a list of messages")
     rest = {k: v for k, v in record.items() if k not in (actual["messages"], actual.get("images"))}
-    images = record.get(actual["images"]) if "images" in actual else None
+    images = record.get(actual["images"])
     return Sample.from_dict({**rest, "messages": messages, "images": images}, base)

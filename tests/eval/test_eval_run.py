@@ -1,0 +1,213 @@
+"""``vlmtune eval`` end to end on tiny models: outputs, adapters, batched == one-at-a-time
+greedy generation, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vlmtune.config import ConfigError
+from vlmtune.data.builtin import make_shapes_dataset
+from vlmtune.data.readers import read_samples
+from vlmtune.data.report import DataError
+from vlmtune.data.sample import Sample
+from vlmtune.eval.run import add_eval_args, main, run_eval
+from vlmtune.eval.tasks import TASKS
+from vlmtune.models.loading import ModelLoadError, load_for_inference
+from vlmtune.rollout.batched import BatchedGenerator
+from vlmtune.rollout.hf import HFGenerator, SamplingParams
+
+OUTPUTS = ("predictions.jsonl", "predictions.csv", "metrics.json", "report/index.html")
+
+
+@pytest.fixture(scope="module")
+def shapes_eval(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(out, n=1, seed=0, eval_n=6)
+    return out / "eval.jsonl"
+
+
+def _outputs(out: Path) -> tuple[list[dict], list[dict], dict, str]:
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        flat = list(csv.DictReader(f))
+    return rows, flat, json.loads((out / "metrics.json").read_text()), (out / "report/index.html").read_text()
+
+
+def test_eval_generic_writes_all_outputs(tmp_path, tiny_model_dir, shapes_eval):
+    metrics = run_eval(tiny_model_dir("qwen2_vl"), shapes_eval, task="generic", out_dir=tmp_path,
+                       batch_size=4, max_new_tokens=6, show_progress=False)
+    rows, flat, saved, html = _outputs(tmp_path)
+    assert len(rows) == len(flat) == saved["n"] == saved["run"]["n_samples"] == 6
+    assert html.count('class="card ') == 6 and html.count("data:image/png;base64,") == 6
+    assert saved == json.loads(json.dumps(metrics, default=str))
+    for key in ("exact_match", "token_f1", "rouge1", "rouge_l"):
+        assert 0.0 <= saved[key] <= 1.0
+    for row, line in zip(rows, flat):
+        assert {"id", "question", "image", "gold", "response", "pred", "correct", "verdicts"} <= set(row)
+        assert row["id"] == line["id"] and Path(row["image"]).is_file()
+        assert row["gold"] in ("red.", "green.", "blue.", "yellow.") or row["gold"].startswith("A ")
+        assert "verdicts.exact_match" in line
+    assert saved["run"]["is_adapter"] is False and saved["run"]["skipped_rows"] == 0
+
+
+def test_eval_clarify_task(tmp_path, tiny_model_dir):
+    from vlmtune.data.clarify import make_clarify_dataset
+
+    paths = make_clarify_dataset(tmp_path / "data", n=4, seed=0, eval_n=8)
+    metrics = run_eval(tiny_model_dir("qwen2_vl"), paths["eval"], task="clarify", out_dir=tmp_path / "out",
+                       batch_size=8, max_new_tokens=6, limit=6, show_progress=False)
+    rows, flat, saved, html = _outputs(tmp_path / "out")
+    assert len(rows) == len(flat) == 6 and saved["judge"] == "rule"
+    assert saved["strategic_accuracy"]["n"] == 6
+    for row in rows:
+        assert re.fullmatch(r"L[0-3]", row["gold"]) and row["level"] == row["gold"]
+        assert row["pred"] in ("L0", "L1", "L2", "L3", "none")
+        assert row["correct"] == (row["pred"] == row["gold"])
+        assert set(row["verdicts"]) == {"judge", "strategy", "distortion"}
+    accuracy = sum(r["correct"] for r in rows) / len(rows)
+    assert metrics["strategic_accuracy"]["overall"] == pytest.approx(accuracy)
+    assert 'id="summary-table"' in html and html.count('class="bar"') >= 2
+
+
+def test_eval_adapter_dir(tmp_path, tiny_model_dir, shapes_eval):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model_dir("qwen2_vl")
+    loaded = load_for_inference(base)
+    peft_model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=loaded.family.lora_targets,
+                                                         init_lora_weights=False, task_type="CAUSAL_LM"))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
+
+    metrics = run_eval(adapter, shapes_eval, out_dir=tmp_path / "out", batch_size=3, max_new_tokens=4,
+                       limit=3, show_progress=False)
+    assert metrics["run"]["is_adapter"] is True and metrics["n"] == 3
+    # the base may also be given explicitly
+    metrics = run_eval(adapter, shapes_eval, out_dir=tmp_path / "out2", base_model=str(base), batch_size=3,
+                       max_new_tokens=4, limit=3, show_progress=False)
+    assert metrics["run"]["base_model"] == str(base)
+    rows, flat, _, _ = _outputs(tmp_path / "out2")
+    assert len(rows) == len(flat) == 3
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_batched_equals_one_at_a_time(tiny_model_dir, shapes_eval, family):
+    samples, _ = read_samples(shapes_eval, require_assistant=False)
+    # prompts of different lengths (two question kinds + a longer one) and one text-only sample
+    samples[1] = Sample(messages=[{"role": "user", "content": [{"type": "image"}, {
+        "type": "text", "text": "Look closely at the picture and tell me: what colour is the shape?"}]}],
+        images=samples[1].images, meta={"id": "long"})
+    samples.append(Sample(messages=[{"role": "user", "content": "Say something."}], meta={"id": "text"}))
+    loaded = load_for_inference(tiny_model_dir(family))
+    params = SamplingParams(max_new_tokens=8, do_sample=False)
+    system = "You are a careful assistant."
+    single = [r.texts[0] for r in HFGenerator(loaded.model, loaded.processor, system).generate(samples, 1, params)]
+    done = []
+    batched = BatchedGenerator(loaded.model, loaded.processor, system).generate(
+        samples, params, batch_size=4, on_batch=done.append)
+    assert batched == single
+    assert sum(done) == len(samples) and len(done) == 2
+    enc = BatchedGenerator(loaded.model, loaded.processor).encode(samples[:3])
+    assert (enc["attention_mask"][:, -1] == 1).all() and (enc["attention_mask"][:, 0] == 0).any()  # left-padded
+
+
+def test_missing_model_dir(tmp_path, shapes_eval):
+    with pytest.raises(ModelLoadError, match="model path does not exist: .*nope"):
+        run_eval(tmp_path / "nope", shapes_eval, out_dir=tmp_path / "out", show_progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="holds no model"):
+        run_eval(empty, shapes_eval, out_dir=tmp_path / "out", show_progress=False)
+
+
+def test_missing_data_file(tmp_path, tiny_model_dir):
+    with pytest.raises(DataError, match="data file not found: .*missing.jsonl"):
+        run_eval(tiny_model_dir("qwen2_vl"), tmp_path / "missing.jsonl", out_dir=tmp_path / "out",
+                 show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_lists_tasks(tmp_path, tiny_model_dir, shapes_eval):
+    with pytest.raises(ConfigError) as err:
+        run_eval(tiny_model_dir("qwen2_vl"), shapes_eval, task="vqa", out_dir=tmp_path, show_progress=False)
+    for name in TASKS:
+        assert name in str(err.value)
+
+
+def test_cli_entry_errors_are_clean(tmp_path, shapes_eval, capsys):
+    rc = main(["--model", str(tmp_path / "nope"), "--data", str(shapes_eval), "--out", str(tmp_path / "o")])
+    assert rc == 2 and "vlmtune eval: error: model path does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse lists the choices
+        main(["--model", "m", "--data", "d", "--out", "o", "--task", "vqa"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'vqa'" in err and "clarify" in err and "generic" in err
+
+
+def test_eval_args_parse():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_eval_args(p)
+    a = p.parse_args(["--model", "M", "--data", "D", "--task", "clarify", "--out", "O", "--base-model", "B",
+                      "--batch-size", "2", "--max-new-tokens", "9", "--limit", "5"])
+    assert (a.model, a.data, a.task, a.out, a.base_model, a.batch_size, a.max_new_tokens, a.limit) == \
+        ("M", "D", "clarify", "O", "B", 2, 9, 5)
+
+
+def _clarify_sample(level: str, candidates: list[str], kind: str) -> Sample:
+    return Sample(messages=[{"role": "user", "content": [{"type": "text", "text": "What colour is the circle?"}]},
+                            {"role": "assistant", "content": "The circle is red."}],
+                  meta={"level": level, "type": kind, "facts": {"true": ["a red circle"], "candidates": candidates,
+                                                                 "false": ["a blue circle"]},
+                        "references": {"L0": "The circle is red.", "L3": "Which circle do you mean?"}})
+
+
+def test_clarify_task_rule_judge_and_failures():
+    from vlmtune.eval.tasks import get_task
+
+    samples = [_clarify_sample("L0", ["red circle"], "unambig"),
+               _clarify_sample("L2", ["red circle", "blue circle"], "ambig"),
+               _clarify_sample("L3", ["red circle", "blue circle", "green circle", "black circle"], "ambig"),
+               _clarify_sample("L0", ["red circle"], "unambig")]
+    responses = ["The circle is red.", "There is a red circle and a blue circle.", "Which circle do you mean?",
+                 "It is a blue circle."]
+    records, agg = get_task("clarify").score(samples, responses)
+    assert [r["pred"] for r in records] == ["L0", "L2", "L3", "L0"]
+    assert all(r["correct"] for r in records)
+    assert [r["verdicts"]["distortion"] for r in records] == ["PASS", "FAIL", "PASS", "FAIL"]
+    assert agg["strategic_accuracy"]["overall"] == 1.0 and agg["judge_failures"] == 0
+
+    class FlakyJudge:  # an HTTP-like judge whose strategy reply failed once
+        stats: dict = {}
+
+        def failure_reward(self):
+            return None
+
+        def judge_scores(self, batch, parser, meta=None, *, use_default=True):
+            return [None if (m["task"] == "strategy" and i == 0) else (3.0 if m["task"] == "strategy" else 1.0)
+                    for i, m in enumerate(meta)]
+
+    records, agg = get_task("clarify", judge=FlakyJudge()).score(samples[:3], responses[:3])
+    assert [r["pred"] for r in records] == [None, "L3", "L3"]
+    assert [r["correct"] for r in records] == [False, False, True]
+    assert agg["judge_failures"] == 1 and agg["judge"] == "FlakyJudge"
+    assert agg["strategic_accuracy"]["overall"] == pytest.approx(1 / 3)
+
+
+def test_generic_task_scores_against_final_assistant_turn():
+    from vlmtune.eval.tasks import get_task
+
+    s = Sample(messages=[{"role": "user", "content": "Colour?"}, {"role": "assistant", "content": "red."}])
+    no_ref = Sample(messages=[{"role": "user", "content": "Colour?"}])
+    records, agg = get_task("generic").score([s, s, no_ref], ["Red", "dark red", "x"])
+    assert [r["correct"] for r in records] == [True, False, None]
+    assert records[1]["token_f1"] == pytest.approx(2 / 3)
+    assert agg["exact_match"] == 0.5 and agg["n_scored"] == 2 and agg["n_without_reference"] == 1
