@@ -118,11 +118,37 @@ def _error_body(message: str, type_: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+_BRANCH_LABELS = {"str", "int", "float", "bool", "none", "list", "dict"}
+
+
+def _clean_loc(loc: tuple) -> tuple[list[str], bool]:
+    """Field path without "body", union branch labels ("str", "list[...]") and repeated
+    discriminator tags; also whether a union branch label was present."""
+    out: list[str] = []
+    branch = False
+    for x in loc:
+        x = str(x)
+        if x == "body":
+            continue
+        if x in _BRANCH_LABELS or "[" in x:
+            branch = True
+            continue
+        if out and out[-1] == x:  # tagged union: ...content.0.image_url.image_url.url
+            continue
+        out.append(x)
+    return out, branch
+
+
 def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
     """A readable one-line summary of pydantic errors: ``field.path: problem; ...``."""
+    cleaned = [(*_clean_loc(tuple(e.get("loc", ()))), e) for e in errors]
+    # A union (string content OR list of parts) reports every branch; when the client clearly
+    # went for one branch (a deeper error exists), the other branch's type error is noise.
+    kept = [(loc, err) for loc, branch, err in cleaned
+            if not (branch and str(err.get("type", "")).endswith("_type")
+                    and any(len(o) > len(loc) and o[:len(loc)] == loc for o, _, _ in cleaned))]
     parts, first = [], None
-    for err in errors[:5]:
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    for loc, err in kept[:5]:
         if err.get("type") == "json_invalid":
             parts.append(f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
             continue
@@ -132,7 +158,7 @@ def _validation_message(errors: list[dict]) -> tuple[str, str | None]:
         where = ".".join(loc) or "body"
         first = first or where
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    more = f" (+{len(kept) - 5} more)" if len(kept) > 5 else ""
     return "invalid request: " + "; ".join(parts) + more, first
 
 

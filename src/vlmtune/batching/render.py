@@ -132,19 +132,21 @@ def render(sample: Sample, processor: Any, *, max_length: int | None = None,
     return enc
 
 
-def render_prompt(sample: Sample, processor: Any, *, system_prompt: str | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """Processor outputs for the prompt part of a sample, ready for ``generate``.
-
-    A trailing assistant turn (the reference answer) is left out; the generation prompt
-    (e.g. ``<|im_start|>assistant\\n``) is appended.
-    """
+def prompt_text(sample: Sample, processor: Any, system_prompt: str | None = None) -> str:
+    """The chat-template text of a sample's prompt: a trailing assistant turn (the reference
+    answer) is left out and the generation prompt (e.g. ``<|im_start|>assistant\n``) appended."""
     messages = with_system_prompt(sample.messages, system_prompt)
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]
-    text = _template(processor, messages, generation_prompt=True)
+    return _template(processor, messages, generation_prompt=True)
+
+
+def render_prompt(sample: Sample, processor: Any, *, system_prompt: str | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Processor outputs (batch dim 1) for the prompt part of a sample, ready for ``generate``."""
     images = sample.load_images()
-    kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt", "add_special_tokens": False}
+    kwargs: dict[str, Any] = {"text": [prompt_text(sample, processor, system_prompt)],
+                              "return_tensors": "pt", "add_special_tokens": False}
     if images:
         kwargs["images"] = [images]
     return dict(processor(**kwargs))

@@ -156,7 +156,7 @@ def _open_rows(path: Path, batch_size: int) -> Iterator[Row]:
         raise DataError(path, detail="no such file")
     if suffix == ".parquet":
         return _parquet_rows(path, batch_size)
-    if suffix == ".json" and _first_char(path) == "[":
+    if suffix == ".json" and first_char(path) == "[":
         return _json_array_rows(path)
     return _jsonl_rows(path)
 
@@ -164,7 +164,8 @@ def _open_rows(path: Path, batch_size: int) -> Iterator[Row]:
 # ---------------------------------------------------------------------------- JSON
 
 
-def _first_char(path: Path) -> str:
+def first_char(path: Path) -> str:
+    """The first non-blank character of a text file (BOM skipped): '[' marks a JSON array."""
     with path.open("rb") as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1].decode("ascii", errors="replace")

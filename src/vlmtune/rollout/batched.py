@@ -21,19 +21,11 @@ from typing import Any
 
 import torch
 
-from vlmtune.batching.render import with_system_prompt
+from vlmtune.batching.render import prompt_text
 from vlmtune.data.sample import Sample
-from vlmtune.rollout.hf import SamplingParams, _end_ids, completion_mask
+from vlmtune.rollout.hf import SamplingParams, end_token_ids, completion_mask
 
-__all__ = ["BatchedGenerator", "prompt_text"]
-
-
-def prompt_text(sample: Sample, processor: Any, system_prompt: str | None = None) -> str:
-    """The chat-template text of a sample's prompt (as :func:`render_prompt` renders it)."""
-    messages = with_system_prompt(sample.messages, system_prompt)
-    if messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+__all__ = ["BatchedGenerator"]
 
 
 class BatchedGenerator:
@@ -43,7 +35,7 @@ class BatchedGenerator:
         self.model, self.processor, self.system_prompt = model, processor, system_prompt
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.end_ids = _end_ids(model, self.tokenizer)
+        self.end_ids = end_token_ids(model, self.tokenizer)
 
     def encode(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """Processor outputs for a batch of prompts, left-padded (all with images or none)."""

@@ -43,7 +43,8 @@ class Generator(Protocol):
     def generate(self, samples: list[Sample], n: int, params: SamplingParams) -> list[Rollout]: ...
 
 
-def _end_ids(model: Any, tokenizer: Any) -> set[int]:
+def end_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end a completion: the generation config's eos ids and the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -68,7 +69,7 @@ class HFGenerator:
         self.model, self.processor, self.system_prompt = model, processor, system_prompt
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.end_ids = _end_ids(model, self.tokenizer)
+        self.end_ids = end_token_ids(model, self.tokenizer)
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], n: int, params: SamplingParams) -> list[Rollout]:

@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlmtune.data.readers import first_char
 from vlmtune.data.report import BadRows, DataError
 from vlmtune.data.sample import BadSample, ImageLike, Sample, image_kind
 
@@ -174,7 +175,7 @@ def iter_records(path: Path, columns: list[str] | None = None, batch_size: int =
         return _parquet_records(path, columns, batch_size)
     if suffix == ".csv":
         return _csv_records(path)
-    if suffix == ".json" and _first_char(path) == "[":
+    if suffix == ".json" and first_char(path) == "[":
         return _json_array_records(path)
     if suffix in (".json", ".jsonl"):
         return _jsonl_records(path)
@@ -220,12 +221,6 @@ def _csv_records(path: Path) -> Iterator[Record]:
                 yield row, BadSample("bad_schema", f"{len(cells)} cells for {len(header)} columns")
                 continue
             yield row, dict(zip(header, cells))
-
-
-def _first_char(path: Path) -> str:
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head[:1].decode("ascii", errors="replace")
 
 
 def _jsonl_records(path: Path) -> Iterator[Record]:
