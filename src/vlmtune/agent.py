@@ -141,6 +141,14 @@ def read_step(raw: str, short_term_memory: str | None, long_term_memory: str | N
     )
 
 
+def _check_drop(drop: Iterable[str]) -> frozenset[str]:
+    drop = frozenset(drop)
+    unknown = drop - set(carepilot.DROPPABLE)
+    if unknown:
+        raise ValueError(f"agent can drop {list(carepilot.DROPPABLE)}, not {sorted(unknown)}")
+    return drop
+
+
 class Agent:
     """Predicts one step at a time with the CarePilot training prompt.
 
@@ -154,11 +162,8 @@ class Agent:
 
     def __init__(self, generate: GenerateFn, drop: Iterable[str] = (),
                  task_context: str = carepilot.TASK_CONTEXT):
-        drop = frozenset(drop)
-        unknown = drop - set(carepilot.DROPPABLE)
-        if unknown:
-            raise ValueError(f"agent can drop {list(carepilot.DROPPABLE)}, not {sorted(unknown)}")
-        self.generate, self.drop, self.task_context = generate, drop, task_context
+        self.generate, self.drop, self.task_context = generate, _check_drop(drop), task_context
+        self.loaded: Any = None  # the Loaded model when built by load_agent
 
     def build_sample(self, image: ImageLike, goal: str, short_term_memory: str | None,
                      long_term_memory: str | None, grounding: str | None = None) -> Sample:
@@ -211,6 +216,7 @@ def load_agent(model_path: str | Path, base_model: str | None = None, *, drop: I
     from vlmtune.rollout.batched import BatchedGenerator
     from vlmtune.rollout.hf import SamplingParams
 
+    drop = _check_drop(drop)
     loaded = load_for_inference(model_path, base_model=base_model)
     gen = BatchedGenerator(loaded.model, loaded.processor, system_prompt=system_prompt)
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
@@ -219,7 +225,7 @@ def load_agent(model_path: str | Path, base_model: str | None = None, *, drop: I
         return gen.generate([sample], params, batch_size=1)[0]
 
     agent = Agent(generate, drop=drop)
-    agent.loaded = loaded  # type: ignore[attr-defined]  # for callers that want the model
+    agent.loaded = loaded
     return agent
 
 
@@ -241,7 +247,6 @@ class _Step:
     long_term: str | None
     gold_action: str | None
     gold_target: str | None
-    gold_method: str
 
 
 def _step_key(step: Any) -> tuple:
@@ -300,7 +305,6 @@ def read_tasks(data: str | Path, image_dir: str | Path | None = None,
                 instruction=str(cell("instruction") or ""), grounding=cell("grounding"),
                 short_term=cell("short_term"), long_term=cell("long_term"),
                 gold_action=gold.action if gold else None, gold_target=gold.target if gold else None,
-                gold_method=gold.method if gold else "missing",
             ))
     for steps in tasks.values():
         steps.sort(key=lambda s: _step_key(s.step))
@@ -346,7 +350,8 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
         max_new_tokens: Output length limit per step.
         system_prompt: A system turn, if the model was trained with one.
         columns: Column renames, as for ``vlmtune convert --column``.
-        agent: A ready :class:`Agent` (e.g. with a scripted generator) instead of loading.
+        agent: A ready :class:`Agent` (e.g. with a scripted generator) instead of loading;
+            its own ``drop`` then applies.
         show_progress: Show a progress bar.
 
     Returns:
@@ -360,7 +365,7 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
     from vlmtune.eval.gui import gui_metrics, score_step
 
     start = time.perf_counter()
-    drop = frozenset(drop)
+    drop = _check_drop(drop)
     if not Path(data_csv).exists():
         raise DataError(f"data file not found: {data_csv}")
     if agent is None:
@@ -375,6 +380,7 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
     if agent is None:
         agent = load_agent(model_path, base_model, drop=drop, max_new_tokens=max_new_tokens,
                            system_prompt=system_prompt)
+    drop = agent.drop
     n_steps = sum(len(s) for s in tasks.values())
 
     rows: list[dict[str, Any]] = []

@@ -161,6 +161,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.agent import add_agent_args
+
+    add_agent_args(p)
+
+
+@verb("agent", "sequential GUI-agent step prediction with memory carried from the model's own outputs",
+      _agent_args)
+def cmd_agent(args: argparse.Namespace) -> int:
+    from vlmtune.agent import cmd_agent as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmtune", description="Post-training for vision-language models.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

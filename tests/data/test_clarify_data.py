@@ -37,7 +37,7 @@ def _files(folder):
 def test_deterministic_by_seed(tmp_path):
     a = make_clarify_dataset(tmp_path / "a", 24, seed=5, eval_n=8)
     b = make_clarify_dataset(tmp_path / "b", 24, seed=5, eval_n=8)
-    c = make_clarify_dataset(tmp_path / "c", 24, seed=6, eval_n=8)
+    make_clarify_dataset(tmp_path / "c", 24, seed=6, eval_n=8)
     fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
     assert set(a) == {"train", "eval", "abl_ambiguous", "abl_unambiguous", "aqua", "images"}
     assert len(fa) == 5 + 32 and fa == fb  # byte-identical, images included

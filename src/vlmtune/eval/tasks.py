@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from vlmtune.data.sample import Sample
 
-__all__ = ["TASKS", "ClarifyTask", "GenericTask", "Task", "get_task", "reference_text", "question_of"]
+__all__ = ["TASKS", "ClarifyTask", "GenericTask", "MCQTask", "Task", "get_task", "reference_text", "question_of"]
 
 
 class Task(Protocol):
@@ -184,7 +184,32 @@ class ClarifyTask:
         return records, agg
 
 
-TASKS: dict[str, type] = {"generic": GenericTask, "clarify": ClarifyTask}
+class MCQTask:
+    """Multiple-choice accuracy as RLinf scores Robo2VLM: the answer extracted from the reply
+    (last assistant span, ``<think>`` stripped, "answer is"/``\\boxed{}``/last line) must equal
+    the normalised ``"B. text"`` target (strict); ``letter_accuracy`` compares letters only."""
+
+    name = "mcq"
+
+    def score(self, samples: Sequence[Sample], responses: Sequence[str]) -> tuple[list[dict], dict]:
+        from vlmtune.eval import mcq
+
+        _check(samples, responses)
+        records = []
+        for sample, response in zip(samples, responses):
+            gold = reference_text(sample)
+            choices = sample.meta.get("choices")
+            strict = None if gold is None else mcq.mcq_correct(response, gold)
+            letter = None if gold is None else mcq.mcq_letter_correct(response, gold, choices)
+            records.append({"gold": gold, "pred": mcq.extract_answer(response), "correct": strict,
+                            "verdicts": {"strict": strict, "letter": letter}})
+        scored = [r for r in records if r["correct"] is not None]
+        return records, {"task": self.name, "n": len(records), "n_scored": len(scored),
+                         "accuracy": _mean([float(r["correct"]) for r in scored]),
+                         "letter_accuracy": _mean([float(r["verdicts"]["letter"]) for r in scored])}
+
+
+TASKS: dict[str, type] = {"generic": GenericTask, "clarify": ClarifyTask, "mcq": MCQTask}
 
 
 def get_task(name: str, judge: Any = None) -> Task:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Part = Literal["vision", "projector", "language"]
@@ -104,58 +104,42 @@ def _lora_regex(lm_prefix: str) -> str:
 
 _QWEN_MM_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw")
 
+_QWEN2_VL = Family(
+    name="qwen2_vl",
+    model_types=("qwen2_vl",),
+    model_class="Qwen2VLForConditionalGeneration",
+    vision=("model.visual",),
+    projector=("model.visual.merger",),
+    language=("model.language_model", "lm_head"),
+    lora_targets=_lora_regex("model.language_model"),
+    image_token="<|image_pad|>",
+    image_pad_token="<|image_pad|>",
+    image_wrap_tokens=("<|vision_start|>", "<|vision_end|>"),
+    end_of_turn="<|im_end|>",
+    extra_inputs=_QWEN_MM_INPUTS,
+    position_style="mrope",
+    template_adds_bos=False,
+    notes="Default system prompt inserted by the template when none is given.",
+)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family(
-            name="qwen2_vl",
-            model_types=("qwen2_vl",),
-            model_class="Qwen2VLForConditionalGeneration",
-            vision=("model.visual",),
-            projector=("model.visual.merger",),
-            language=("model.language_model", "lm_head"),
-            lora_targets=_lora_regex("model.language_model"),
-            image_token="<|image_pad|>",
-            image_pad_token="<|image_pad|>",
-            image_wrap_tokens=("<|vision_start|>", "<|vision_end|>"),
-            end_of_turn="<|im_end|>",
-            extra_inputs=_QWEN_MM_INPUTS,
-            position_style="mrope",
-            template_adds_bos=False,
-            notes="Default system prompt inserted by the template when none is given.",
-        ),
-        Family(
+        _QWEN2_VL,
+        replace(
+            _QWEN2_VL,
             name="qwen2_5_vl",
             model_types=("qwen2_5_vl",),
             model_class="Qwen2_5_VLForConditionalGeneration",
-            vision=("model.visual",),
-            projector=("model.visual.merger",),
-            language=("model.language_model", "lm_head"),
-            lora_targets=_lora_regex("model.language_model"),
-            image_token="<|image_pad|>",
-            image_pad_token="<|image_pad|>",
-            image_wrap_tokens=("<|vision_start|>", "<|vision_end|>"),
-            end_of_turn="<|im_end|>",
             extra_inputs=_QWEN_MM_INPUTS + ("second_per_grid_ts",),
-            position_style="mrope",
-            template_adds_bos=False,
             notes="Vision MLP uses gate/up/down_proj names too: LoRA regex is anchored on the language model.",
         ),
-        Family(
+        replace(
+            _QWEN2_VL,
             name="qwen3_vl",
             model_types=("qwen3_vl",),
             model_class="Qwen3VLForConditionalGeneration",
-            vision=("model.visual",),
             projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
-            language=("model.language_model", "lm_head"),
-            lora_targets=_lora_regex("model.language_model"),
-            image_token="<|image_pad|>",
-            image_pad_token="<|image_pad|>",
-            image_wrap_tokens=("<|vision_start|>", "<|vision_end|>"),
-            end_of_turn="<|im_end|>",
-            extra_inputs=_QWEN_MM_INPUTS,
-            position_style="mrope",
-            template_adds_bos=False,
             notes="Patch 16, interleaved mRoPE, DeepStack mergers (counted as projector). No default system prompt.",
         ),
         Family(
