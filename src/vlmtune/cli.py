@@ -11,6 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from vlmtune.tracking import json_safe  # noqa: E402  (light: no torch import at module level)
+
 Handler = Callable[[argparse.Namespace], "int | None"]
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
@@ -44,7 +46,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from vlmtune.train.sft import run_sft
 
     summary = run_sft(_load(args), show_progress=not args.no_progress)
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(json_safe(summary), indent=1))
     return 0
 
 
@@ -75,7 +77,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     from vlmtune.train.grpo import run_grpo
 
     summary = run_grpo(_load(args), show_progress=not args.no_progress)
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(json_safe(summary), indent=1))
     return 0
 
 

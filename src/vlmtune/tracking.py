@@ -19,6 +19,15 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+def json_safe(value: Any) -> Any:
+    """Tensors to numbers and NaN/inf to None, recursively, so the result is valid JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return _scalar(value)
+
+
 class MetricsLogger:
     """Appends to ``run_dir/metrics.jsonl`` and mirrors numbers to ``run_dir/tb``."""
 
@@ -35,7 +44,7 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        row = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
+        row = json_safe({"step": step, **metrics})
         if not self.enabled:
             return row
         self._file.write(json.dumps(row) + "\n")

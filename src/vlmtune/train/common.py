@@ -15,6 +15,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vlmtune.config import Recipe, TrainConfig, save_recipe
 
 
+def make_accelerator(precision: str) -> Any:
+    """An Accelerator for one run. accelerate keeps its state in a process-wide singleton;
+    it is reset first so runs with different precisions can follow each other in one
+    process (the demo, tests, notebooks). The distributed process group is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+
+
 def param_groups(model: torch.nn.Module, family: Any, train: TrainConfig) -> list[dict[str, Any]]:
     """Trainable parameters grouped by learning rate (vision tower may have its own) and
     weight decay (none on biases and norms, as is standard for AdamW)."""
@@ -118,7 +129,9 @@ def start_run(recipe: Recipe) -> Path:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
+    from vlmtune.tracking import json_safe
+
+    (run_dir / "run_summary.json").write_text(json.dumps(json_safe(summary), indent=1))
 
 
 def save_step(accelerator: Any, run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,

@@ -32,12 +32,30 @@ from vlmtune.batching.dataset import load_prompts
 from vlmtune.config import Recipe
 from vlmtune.models.loading import load_for_training
 from vlmtune.rewards.registry import RewardSet
-from vlmtune.rollout.hf import HFGenerator, Rollout, SamplingParams, completion_logps, group_inputs
+from vlmtune.rollout.hf import (
+    HFGenerator,
+    Rollout,
+    SamplingParams,
+    completion_logps,
+    group_inputs,
+)
 from vlmtune.tracking import MetricsLogger, PhaseTimer
 from vlmtune.train import checkpoint as ckpt
-from vlmtune.train.advantages import distinct_fraction, group_advantages, zero_spread_groups
-from vlmtune.train.common import (BatchStream, build_optimizer, build_scheduler, progress_bar, save_step, start_run,
-                                  write_summary)
+from vlmtune.train.advantages import (
+    distinct_fraction,
+    group_advantages,
+    zero_spread_groups,
+)
+from vlmtune.train.common import (
+    BatchStream,
+    build_optimizer,
+    build_scheduler,
+    make_accelerator,
+    progress_bar,
+    save_step,
+    start_run,
+    write_summary,
+)
 from vlmtune.train.losses import LOSSES, policy_loss, reduce_token_mean
 
 COLLAPSE_WARNING = 0.5  # mean share of distinct completions per group below which we warn
@@ -140,7 +158,8 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
             eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, max_completion_length=cfg.max_new_tokens,
             num_tokens=total_tokens if token_mean else None)
         weight = 1.0 if token_mean else g / n_seq
-        accelerator.backward(loss * weight)
+        with accelerator.no_sync(model):  # ranks may hold different numbers of groups
+            accelerator.backward(loss * weight)
         stats["loss"] = loss.detach() * weight * len(batch.rollouts)  # averaged below
         stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
         for k, v in stats.items():
@@ -148,24 +167,55 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
     return sums
 
 
-def step_metrics(batch: Batch, names: list[str], g: int) -> dict[str, Any]:
+def sync_gradients(model: Any, accelerator: Accelerator) -> None:
+    """Average gradients over processes by hand: with dynamic sampling, ranks may run a
+    different number of backward passes (even none), which DDP's per-backward all-reduce
+    cannot handle without hanging."""
+    if accelerator.num_processes == 1:
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= accelerator.num_processes
+
+
+def gather_rewards(batch: Batch, accelerator: Accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """All processes' rewards (N_total,) and per-function rewards (N_total, K)."""
+    if accelerator.num_processes == 1:
+        return batch.rewards, batch.per_fn
+    from accelerate.utils import gather_object
+
+    parts = gather_object([(batch.rewards, batch.per_fn)])
+    k = batch.per_fn.shape[1] if batch.per_fn.dim() == 2 else 0
+    return (torch.cat([r for r, _ in parts]),
+            torch.cat([p.reshape(-1, k) if p.numel() else torch.zeros(0, k) for _, p in parts]))
+
+
+def step_metrics(batch: Batch, names: list[str], g: int, rewards: torch.Tensor | None = None,
+                 per_fn: torch.Tensor | None = None) -> dict[str, Any]:
+    """Reward statistics over ``rewards``/``per_fn`` (all processes' when given); the rest
+    over this process's batch."""
+    rewards = batch.rewards if rewards is None else rewards
+    per_fn = batch.per_fn if per_fn is None else per_fn
     texts = [t for r in batch.rollouts for t in r.texts]
     lengths = torch.cat([r.mask.sum(1).float() for r in batch.rollouts]) if batch.rollouts else torch.zeros(1)
     truncated = [t for r in batch.rollouts for t in r.truncated]
     distinct = distinct_fraction(texts, g) if texts else [1.0]
     m: dict[str, Any] = {
-        "reward_mean": float(batch.rewards.nanmean()) if len(batch.rewards) else float("nan"),
-        "reward_std": _nan_std(batch.rewards),
+        "reward_mean": float(rewards.nanmean()) if len(rewards) else float("nan"),
+        "reward_std": _nan_std(rewards),
         "adv_mean": float(batch.advantages.mean()) if len(batch.advantages) else 0.0,
         "adv_abs_mean": float(batch.advantages.abs().mean()) if len(batch.advantages) else 0.0,
         "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
         "truncated_frac": sum(truncated) / max(len(truncated), 1),
         "distinct_frac": sum(distinct) / len(distinct),
         "groups_zero_spread": batch.zero_spread, "groups_dropped": batch.dropped,
-        "rewards_none_frac": float(batch.per_fn.isnan().float().mean()) if batch.per_fn.numel() else 0.0,
+        "rewards_none_frac": float(per_fn.isnan().float().mean()) if per_fn.numel() else 0.0,
     }
     for k, name in enumerate(names):
-        col = batch.per_fn[:, k] if batch.per_fn.numel() else torch.zeros(0)
+        col = per_fn[:, k] if per_fn.numel() else torch.zeros(0)
         m[f"reward/{name}"] = float(col.nanmean()) if len(col) and not col.isnan().all() else float("nan")
     return m
 
@@ -202,7 +252,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     t, cfg, run_dir = recipe.train, recipe.grpo, start_run(recipe)
     if not recipe.rewards:
         raise ValueError("a GRPO recipe needs at least one entry under 'rewards'")
-    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no")
+    accelerator = make_accelerator(t.precision)
     set_seed(t.seed)
     loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
                                t.gradient_checkpointing)
@@ -257,16 +307,20 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                         with reference_mode(accelerator.unwrap_model(model), ref_model) as ref_policy:
                             ref = group_logps(ref_policy, batch, pad_id, cfg.temperature)
             stats: dict[str, float] = {}
+            # Every process takes the optimizer step if any of them has groups to learn from.
+            has_work = accelerator.reduce(torch.tensor(float(len(batch.rollouts)), device=accelerator.device)) > 0
             with timer("update"):
                 for _ in range(cfg.num_iterations):
                     if batch.rollouts:
                         stats = update(model, batch, old, ref, recipe, pad_id, accelerator)
+                    if has_work:
+                        sync_gradients(model, accelerator)
                         if t.max_grad_norm:
                             stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
                         optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-            metrics = {**step_metrics(batch, rewards.names, g), **stats, "lr": scheduler.get_last_lr()[0],
+            metrics = {**step_metrics(batch, rewards.names, g, *gather_rewards(batch, accelerator)), **stats, "lr": scheduler.get_last_lr()[0],
                        **{f"judge/{k}": v for k, v in rewards.judge_stats().items()}, **timer.pop(),
                        "step_seconds": time.perf_counter() - tick}
             if metrics["distinct_frac"] < COLLAPSE_WARNING:

@@ -11,6 +11,7 @@ batch.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -25,8 +26,17 @@ from vlmtune.config import Recipe
 from vlmtune.models.loading import load_for_training
 from vlmtune.tracking import MetricsLogger
 from vlmtune.train import checkpoint as ckpt
-from vlmtune.train.common import (BatchStream, build_optimizer, build_scheduler, progress_bar,
-                                  save_step, start_run, total_steps, write_summary)
+from vlmtune.train.common import (
+    BatchStream,
+    build_optimizer,
+    build_scheduler,
+    make_accelerator,
+    progress_bar,
+    save_step,
+    start_run,
+    total_steps,
+    write_summary,
+)
 
 
 def label_tokens(batch: dict[str, Any]) -> int:
@@ -59,7 +69,7 @@ def evaluate(model: torch.nn.Module, dataset: RenderedDataset, batch_size: int, 
 def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train as the recipe says; returns the run summary (also written to the run dir)."""
     t, run_dir = recipe.train, start_run(recipe)
-    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no")
+    accelerator = make_accelerator(t.precision)
     set_seed(t.seed)
     loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
                                t.gradient_checkpointing)
@@ -93,9 +103,11 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                      for b in micro]
             step_tokens = sum(label_tokens(b) for b in micro)
             loss_sum = 0.0
-            for batch in micro:
-                loss = micro_loss(model, batch, step_tokens)
-                accelerator.backward(loss)
+            for i, batch in enumerate(micro):
+                # Under DDP, gradients are all-reduced once, after the last micro-batch.
+                with accelerator.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
+                    loss = micro_loss(model, batch, step_tokens)
+                    accelerator.backward(loss)
                 loss_sum += loss.item()
             grad_norm = (accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                          if t.max_grad_norm else torch.tensor(float("nan")))
@@ -103,7 +115,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_value = loss_sum
+            loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean"))
             seconds = time.perf_counter() - tick
             seen = sum(int(b["attention_mask"].sum()) for b in micro)
             metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
