@@ -57,7 +57,8 @@ def read_samples(
         path: A ``.jsonl``, ``.json`` or ``.parquet`` file.
         on_bad_row: ``"skip"`` records bad rows and goes on; ``"error"`` raises.
         require_assistant: Training data (ends with an assistant turn) when ``True``;
-            prompt-only data (ends with a user turn, e.g. for RL) when ``False``.
+            prompt data for RL or eval when ``False`` (ends with a user turn, or with a
+            reference assistant answer that the engines leave out of the prompt).
         limit: Stop after this many valid samples (bad rows met before are reported).
         bad_rows: A report to add to (e.g. shared across files); a new one if ``None``.
         check_images: Open every image (header + verify) while reading.

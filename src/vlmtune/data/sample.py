@@ -479,7 +479,8 @@ def validate_sample(sample: Sample, *, require_assistant: bool = True, check_ima
 
     Turn rules: a system turn may only come first; after it roles alternate starting with
     user. With ``require_assistant`` (training data) the last turn is the assistant's;
-    without it (prompt-only data for RL) the last turn is the user's.
+    without it (prompt data for RL and eval) the last turn may be the user's or a reference
+    assistant answer.
 
     Args:
         sample: The sample to check.
