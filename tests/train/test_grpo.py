@@ -65,6 +65,7 @@ def test_mean_reward_rises(setup, tmp_path):
 VARIANTS = [(loss, "lora", 0.04) for loss in ("grpo", "dr_grpo", "dapo", "gspo")] + [
     ("grpo", "full", 0.04),  # reference = a frozen copy
     ("grpo", "lora", 0.0),  # no reference loaded at all
+    ("grpo", "qlora", 0.04),  # 4-bit base; reference = base with adapters disabled
 ]
 
 
@@ -83,7 +84,7 @@ def test_every_variant_runs_and_logs(loss, mode, beta, setup, tmp_path):
             assert row["kl"] >= 0
         assert len(row["samples"]) == 4 and {"completion", "reward"} <= set(row["samples"][0])
     final = tmp_path / "run" / "final"
-    assert (final / ("adapter_config.json" if mode == "lora" else "config.json")).is_file()
+    assert (final / ("config.json" if mode == "full" else "adapter_config.json")).is_file()
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:

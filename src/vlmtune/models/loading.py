@@ -158,6 +158,7 @@ def _attach_lora(model, family, lora: LoraConfig, frozen: dict[Part, bool], *, q
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
+        keep_4bit_layout_trainable(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -173,6 +174,15 @@ def _attach_lora(model, family, lora: LoraConfig, frozen: dict[Part, bool], *, q
         target_modules=lora.target_modules or family.lora_targets,
         modules_to_save=to_save or None, task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg)
+
+
+def keep_4bit_layout_trainable(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights into a CPU inference layout on the first eval-mode
+    forward (on AVX512-BF16 CPUs) and never packs them back, after which training forwards
+    fail. A policy that both generates and trains (GRPO) must keep the trainable layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def is_adapter_dir(path: str | Path) -> bool:
