@@ -55,7 +55,7 @@ def metrics(run: Path) -> list[dict]:
 
 
 def test_mean_reward_rises(setup, tmp_path):
-    run_grpo(recipe(setup, tmp_path / "run", "train.mode=full", "train.max_steps=40", "train.lr=3e-3"),
+    run_grpo(recipe(setup, tmp_path / "run", "train.mode=full", "train.max_steps=30", "train.lr=3e-3"),
              show_progress=False)
     rewards = [m["reward_mean"] for m in metrics(tmp_path / "run")]
     first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
