@@ -148,3 +148,12 @@ def test_dead_judge_is_counted_not_silent(setup, tmp_path, free_port):
     row = metrics(tmp_path / "run")[0]
     assert row["rewards_none_frac"] == 1.0 and row["reward_mean"] is None
     assert summary["judge"]["judge/fail_connection"] > 0
+
+
+def test_recipe_errors_are_clear(setup, tmp_path):
+    from vlmtune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_accum does not apply"):
+        run_grpo(recipe(setup, tmp_path / "a", "train.grad_accum=4"), show_progress=False)
+    with pytest.raises(ConfigError, match="at least one entry under 'rewards'"):
+        run_grpo(recipe(setup, tmp_path / "b", "rewards=[]"), show_progress=False)

@@ -29,7 +29,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 
 from vlmtune.batching.dataset import load_prompts
-from vlmtune.config import Recipe
+from vlmtune.config import ConfigError, Recipe
 from vlmtune.models.loading import load_for_training
 from vlmtune.rewards.registry import RewardSet
 from vlmtune.rollout.hf import (
@@ -251,7 +251,11 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train with GRPO as the recipe says; returns the run summary."""
     t, cfg, run_dir = recipe.train, recipe.grpo, start_run(recipe)
     if not recipe.rewards:
-        raise ValueError("a GRPO recipe needs at least one entry under 'rewards'")
+        raise ConfigError("a GRPO recipe needs at least one entry under 'rewards'")
+    if t.grad_accum != 1:
+        raise ConfigError("train.grad_accum does not apply to GRPO: each step already accumulates gradients "
+                          "over its grpo.prompts_per_step groups (one forward per group); raise "
+                          "grpo.prompts_per_step for a larger batch")
     accelerator = make_accelerator(t.precision)
     set_seed(t.seed)
     loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
