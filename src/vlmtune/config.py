@@ -126,6 +126,7 @@ class GrpoConfig(_Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use it too).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
     prompts_per_step: int = Field(2, ge=1, description="Prompts sampled per generation batch.")
+    shared_prefix: bool = Field(True, description="Run each prompt and its images once per group, not G times.")
     drop_zero_spread: bool = Field(False, description="Dynamic sampling: drop groups with equal rewards.")
     max_refill: int = Field(0, ge=0, description="Extra generation rounds to refill dropped groups.")
     samples_to_log: int = Field(4, ge=0, description="Completions logged per step with their rewards.")

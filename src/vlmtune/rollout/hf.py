@@ -112,19 +112,75 @@ def group_inputs(rollout: Rollout, pad_id: int) -> dict[str, Any]:
     return collate(rows, pad_id)
 
 
+def _token_logps(logits: torch.Tensor, completion_ids: torch.Tensor, temperature: float, with_entropy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits (G, T, V) predicting completion_ids (G, T) -> log-probs (G, T), entropies (G, T)."""
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logp_all.gather(-1, completion_ids.to(logits.device).unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).detach() if with_entropy else None
+    return logp, entropy
+
+
 def completion_logps(model: Any, batch: dict[str, Any], prompt_len: int, completion_ids: torch.Tensor,
                      with_entropy: bool = False, temperature: float = 1.0
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (G, T) of the completion tokens under the sampling temperature
-    (as the tokens were drawn), and optionally the entropies (G, T)."""
+    (as the tokens were drawn), and optionally the entropies (G, T). The padded path: the
+    prompt, images included, is in every row of ``batch``."""
     device = next(model.parameters()).device
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     logits = model(**batch, use_cache=False).logits  # (G, P + T, V)
     t = completion_ids.shape[1]
-    logits = logits[:, prompt_len - 1: prompt_len - 1 + t].float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1).detach()
-    return logp, entropy
+    return _token_logps(logits[:, prompt_len - 1: prompt_len - 1 + t], completion_ids, temperature, with_entropy)
+
+
+def _inner_model(model: Any) -> Any:
+    """The transformers model under DDP and PEFT wrappers."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def shared_prefix_logps(model: Any, rollout: Rollout, position_style: str, with_entropy: bool = False,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Like :func:`completion_logps`, but the prompt and its images run once per group.
+
+    The prompt's key/value cache is computed once (with gradients), repeated G times, and the
+    G completions attend to it: DESIGN's prompt segment with G child segments. Completion
+    positions continue after the prompt (for mRoPE, after the prompt's largest position).
+    Returns None when the model gives no cache (gradient checkpointing disables it); callers
+    then use the padded path.
+    """
+    device = next(model.parameters()).device
+    prompt = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rollout.prompt.items()}
+    ids, mask = rollout.completion_ids.to(device), rollout.mask.to(device)
+    (g, t), p = ids.shape, prompt["input_ids"].shape[1]
+    first = model(**prompt, use_cache=True)
+    cache = first.past_key_values
+    if cache is None:
+        return None
+    cache.batch_repeat_interleave(g)
+    if position_style == "mrope":
+        deltas = _inner_model(model).model.rope_deltas.to(device)  # set by the prompt's forward
+        positions = (torch.arange(p, p + t, device=device).view(1, 1, t) + deltas.view(1, -1, 1)).expand(3, g, t)
+    else:
+        positions = torch.arange(p, p + t, device=device).view(1, t).expand(g, t)
+    attention = torch.cat([prompt["attention_mask"].expand(g, -1), mask], dim=1)
+    rest = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
+                 cache_position=torch.arange(p, p + t, device=device), position_ids=positions).logits
+    logits = torch.cat([first.logits[:, -1:].expand(g, -1, -1), rest[:, :-1]], dim=1)  # (G, T, V)
+    return _token_logps(logits, ids, temperature, with_entropy)
+
+
+def rollout_logps(model: Any, rollout: Rollout, pad_id: int, *, position_style: str | None = None,
+                  with_entropy: bool = False, temperature: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Completion log-probs of one group: shared-prefix when ``position_style`` is given (and
+    the model keeps a cache), else the padded path."""
+    if position_style is not None:
+        out = shared_prefix_logps(model, rollout, position_style, with_entropy, temperature)
+        if out is not None:
+            return out
+    return completion_logps(model, group_inputs(rollout, pad_id), rollout.prompt["input_ids"].shape[1],
+                            rollout.completion_ids, with_entropy=with_entropy, temperature=temperature)

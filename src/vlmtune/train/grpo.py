@@ -20,7 +20,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -36,8 +38,7 @@ from vlmtune.rollout.hf import (
     HFGenerator,
     Rollout,
     SamplingParams,
-    completion_logps,
-    group_inputs,
+    rollout_logps,
 )
 from vlmtune.tracking import MetricsLogger, PhaseTimer
 from vlmtune.train import checkpoint as ckpt
@@ -127,17 +128,12 @@ def reference_mode(model: Any, ref_model: Any | None):
 
 
 @torch.no_grad()
-def group_logps(model: Any, batch: Batch, pad_id: int, temperature: float) -> list[torch.Tensor]:
-    out = []
-    for r in batch.rollouts:
-        logp, _ = completion_logps(model, group_inputs(r, pad_id), r.prompt["input_ids"].shape[1],
-                                   r.completion_ids, temperature=temperature)
-        out.append(logp.detach())
-    return out
+def group_logps(model: Any, batch: Batch, logps: Callable) -> list[torch.Tensor]:
+    return [logps(model, r)[0].detach() for r in batch.rollouts]
 
 
 def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[torch.Tensor] | None,
-           recipe: Recipe, pad_id: int, accelerator: Accelerator) -> dict[str, float]:
+           recipe: Recipe, logps: Callable, accelerator: Accelerator) -> dict[str, float]:
     """One optimizer step's gradients over the whole batch, one group per forward.
 
     Chunk losses are weighted so their sum equals the loss of the whole batch: by the
@@ -149,8 +145,7 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
     n_seq = len(batch.rollouts) * g
     sums: dict[str, float] = {}
     for i, r in enumerate(batch.rollouts):
-        logp, entropy = completion_logps(model, group_inputs(r, pad_id), r.prompt["input_ids"].shape[1],
-                                         r.completion_ids, with_entropy=True, temperature=cfg.temperature)
+        logp, entropy = logps(model, r, with_entropy=True)
         mask = r.mask.to(logp.device)
         loss, stats = policy_loss(
             cfg.loss, logp, (old[i] if old else logp.detach()), batch.advantages[i * g:(i + 1) * g].to(logp.device),
@@ -275,6 +270,10 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     generator = HFGenerator(accelerator.unwrap_model(model), processor, recipe.data.system_prompt)
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     pad_id, g = generator.pad_id, cfg.num_generations
+    # How log-probs of a group are computed: the prompt (and its images) once per group, or
+    # repeated in every row (the padded path, also used under gradient checkpointing).
+    logps = partial(rollout_logps, pad_id=pad_id, temperature=cfg.temperature,
+                    position_style=loaded.family.position_style if cfg.shared_prefix else None)
 
     start_step = 0
     resume = ckpt.resolve_resume(recipe.resume_from, run_dir)
@@ -305,18 +304,18 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             old = ref = None
             if batch.rollouts:
                 with timer("old"):
-                    old = group_logps(model, batch, pad_id, cfg.temperature) if cfg.num_iterations > 1 else None
+                    old = group_logps(model, batch, logps) if cfg.num_iterations > 1 else None
                 with timer("ref"):
                     if cfg.beta > 0:
                         with reference_mode(accelerator.unwrap_model(model), ref_model) as ref_policy:
-                            ref = group_logps(ref_policy, batch, pad_id, cfg.temperature)
+                            ref = group_logps(ref_policy, batch, logps)
             stats: dict[str, float] = {}
             # Every process takes the optimizer step if any of them has groups to learn from.
             has_work = accelerator.reduce(torch.tensor(float(len(batch.rollouts)), device=accelerator.device)) > 0
             with timer("update"):
                 for _ in range(cfg.num_iterations):
                     if batch.rollouts:
-                        stats = update(model, batch, old, ref, recipe, pad_id, accelerator)
+                        stats = update(model, batch, old, ref, recipe, logps, accelerator)
                     if has_work:
                         sync_gradients(model, accelerator)
                         if t.max_grad_norm:
