@@ -177,6 +177,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.export import add_merge_args
+
+    add_merge_args(p)
+
+
+@verb("merge", "fold a LoRA adapter into its base model and save a plain transformers model", _merge_args)
+def cmd_merge(args: argparse.Namespace) -> int:
+    from vlmtune.export import cmd_merge as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmtune", description="Post-training for vision-language models.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError) as exc:
         print(f"vlmtune {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 
