@@ -211,12 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     from vlmtune.config import ConfigError
     from vlmtune.data.readers import DataError
     from vlmtune.models.loading import ModelLoadError
+    from vlmtune.rewards.judge import JudgeAborted
+    from vlmtune.rewards.registry import RewardLoadError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, ModelLoadError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, DataError, ModelLoadError, RewardLoadError, FileNotFoundError, FileExistsError) as exc:
         print(f"vlmtune {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except JudgeAborted as exc:  # on_failure: abort; the last complete checkpoint is kept
+        print(f"vlmtune {args.verb}: stopped: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -130,20 +130,21 @@ def test_none_rewards_are_excluded(setup, tmp_path):
     assert row["rewards_none_frac"] == 0.5 and row["reward_mean"] == 1.0
 
 
-def test_dead_judge_is_counted_not_silent(setup, tmp_path, free_port):
-    r = recipe(setup, tmp_path / "run", "rewards=[{fn: aqua}]", f"judge.base_url=http://127.0.0.1:{free_port()}/v1",
-               "judge.retries=1", "judge.backoff_s=0", "judge.timeout_s=2", "train.max_steps=1")
-    # aqua needs the task's columns; give every prompt a gold level and facts.
-    model, data, _ = setup
+def levelled(data: Path, tmp_path: Path) -> Path:
+    """The shapes prompts with the columns the aqua reward needs (gold level and facts)."""
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     for row in rows:
         row["meta"].update({"level": "L0", "facts": {"true": ["the shape is red"]}})
-    data2 = tmp_path / "with_levels.jsonl"
-    data2.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    for img in (data.parent / "images").iterdir():
-        (tmp_path / "images").mkdir(exist_ok=True)
-        (tmp_path / "images" / img.name).write_bytes(img.read_bytes())
-    r.data.train_path = str(data2)
+        row["images"] = [str((data.parent / i).resolve()) for i in row["images"]]
+    out = tmp_path / "with_levels.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return out
+
+
+def test_dead_judge_is_counted_not_silent(setup, tmp_path, free_port):
+    r = recipe(setup, tmp_path / "run", "rewards=[{fn: aqua}]", f"judge.base_url=http://127.0.0.1:{free_port()}/v1",
+               "judge.retries=1", "judge.backoff_s=0", "judge.timeout_s=2", "train.max_steps=1")
+    r.data.train_path = str(levelled(setup[1], tmp_path))
     summary = run_grpo(r, show_progress=False)
     row = metrics(tmp_path / "run")[0]
     assert row["rewards_none_frac"] == 1.0 and row["reward_mean"] is None
@@ -157,3 +158,18 @@ def test_recipe_errors_are_clear(setup, tmp_path):
         run_grpo(recipe(setup, tmp_path / "a", "train.grad_accum=4"), show_progress=False)
     with pytest.raises(ConfigError, match="at least one entry under 'rewards'"):
         run_grpo(recipe(setup, tmp_path / "b", "rewards=[]"), show_progress=False)
+
+
+def test_judge_abort_stops_the_cli_with_a_clear_message(setup, tmp_path, free_port):
+    import subprocess
+    import sys
+
+    model, data, _ = setup
+    data2 = levelled(data, tmp_path)
+    proc = subprocess.run([str(Path(sys.executable).parent / "vlmtune"), "grpo", f"model.path={model}",
+                           f"data.train_path={data2}", f"output.dir={tmp_path / 'run'}", "rewards=[{fn: aqua}]",
+                           f"judge.base_url=http://127.0.0.1:{free_port()}/v1", "judge.on_failure=abort",
+                           "judge.abort_after=2", "judge.retries=0", "judge.timeout_s=2", "train.max_steps=2",
+                           "grpo.max_new_tokens=4", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "judge failed 2 times in a row" in proc.stderr and "Traceback" not in proc.stderr
