@@ -242,6 +242,47 @@ def _prompt_text(sample: Any) -> str:
     return " ".join(p.get("text", "<image>") if p["type"] == "text" else "<image>" for p in parts)
 
 
+def collect_batch(generator: Any, stream: BatchStream, prompts: list, rewards: RewardSet, cfg: Any,
+                  params: SamplingParams, timer: PhaseTimer) -> Batch:
+    """Generate and score a batch. With dynamic sampling, groups whose rewards are all equal
+    (no learning signal) are dropped and refilled with fresh prompts, up to ``max_refill``
+    extra rounds."""
+    with timer("gen"):
+        rollouts = generator.generate([prompts[i] for i in stream.next()], cfg.num_generations, params)
+    with timer("reward"):
+        batch = make_batch(rollouts, rewards, cfg)
+    if not cfg.drop_zero_spread:
+        return batch
+    for _ in range(cfg.max_refill):
+        if batch.zero_spread - batch.dropped == 0:
+            break
+        batch = drop_flat_groups(batch, cfg.num_generations)
+        with timer("gen"):
+            extra = generator.generate([prompts[i] for i in stream.next()], cfg.num_generations, params)
+        with timer("reward"):
+            batch = merge(batch, make_batch(extra, rewards, cfg))
+    return drop_flat_groups(batch, cfg.num_generations)
+
+
+def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recipe: Recipe, logps: Callable,
+             accelerator: Accelerator, optimizer: Any, scheduler: Any) -> dict[str, float]:
+    """``num_iterations`` optimizer steps on one batch. Every process steps if any of them has
+    groups to learn from (their gradients are averaged), so processes never diverge."""
+    stats: dict[str, float] = {}
+    has_work = accelerator.reduce(torch.tensor(float(len(batch.rollouts)), device=accelerator.device)) > 0
+    for _ in range(recipe.grpo.num_iterations):
+        if batch.rollouts:
+            stats = update(model, batch, old, ref, recipe, logps, accelerator)
+        if has_work:
+            sync_gradients(model, accelerator)
+            if recipe.train.max_grad_norm:
+                stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm))
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train with GRPO as the recipe says; returns the run summary."""
     t, cfg, run_dir = recipe.train, recipe.grpo, start_run(recipe)
@@ -288,19 +329,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         task = bar.add_task("grpo", total=steps, completed=start_step, info="")
         for step in range(start_step + 1, steps + 1):
             tick = time.perf_counter()
-            with timer("gen"):
-                rollouts = generator.generate([prompts[i] for i in stream.next()], g, params)
-            with timer("reward"):
-                batch = make_batch(rollouts, rewards, cfg)
-            with timer("adv"):
-                for _ in range(cfg.max_refill if cfg.drop_zero_spread else 0):
-                    if batch.zero_spread - batch.dropped == 0:
-                        break
-                    batch = drop_flat_groups(batch, g)
-                    extra = generator.generate([prompts[i] for i in stream.next()], g, params)
-                    batch = merge(batch, make_batch(extra, rewards, cfg))
-                if cfg.drop_zero_spread:
-                    batch = drop_flat_groups(batch, g)
+            batch = collect_batch(generator, stream, prompts, rewards, cfg, params, timer)
             old = ref = None
             if batch.rollouts:
                 with timer("old"):
@@ -309,23 +338,11 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                     if cfg.beta > 0:
                         with reference_mode(accelerator.unwrap_model(model), ref_model) as ref_policy:
                             ref = group_logps(ref_policy, batch, logps)
-            stats: dict[str, float] = {}
-            # Every process takes the optimizer step if any of them has groups to learn from.
-            has_work = accelerator.reduce(torch.tensor(float(len(batch.rollouts)), device=accelerator.device)) > 0
             with timer("update"):
-                for _ in range(cfg.num_iterations):
-                    if batch.rollouts:
-                        stats = update(model, batch, old, ref, recipe, logps, accelerator)
-                    if has_work:
-                        sync_gradients(model, accelerator)
-                        if t.max_grad_norm:
-                            stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            metrics = {**step_metrics(batch, rewards.names, g, *gather_rewards(batch, accelerator)), **stats, "lr": scheduler.get_last_lr()[0],
-                       **{f"judge/{k}": v for k, v in rewards.judge_stats().items()}, **timer.pop(),
-                       "step_seconds": time.perf_counter() - tick}
+                stats = optimize(model, batch, old, ref, recipe, logps, accelerator, optimizer, scheduler)
+            metrics = {**step_metrics(batch, rewards.names, g, *gather_rewards(batch, accelerator)), **stats,
+                       "lr": scheduler.get_last_lr()[0], **{f"judge/{k}": v for k, v in rewards.judge_stats().items()},
+                       **timer.pop(), "step_seconds": time.perf_counter() - tick}
             if metrics["distinct_frac"] < COLLAPSE_WARNING:
                 console.print(f"[yellow]step {step}: groups are collapsing to identical completions "
                               f"(distinct share {metrics['distinct_frac']:.2f})")
