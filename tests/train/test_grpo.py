@@ -173,3 +173,22 @@ def test_judge_abort_stops_the_cli_with_a_clear_message(setup, tmp_path, free_po
                            "grpo.max_new_tokens=4", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "judge failed 2 times in a row" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rewards_get_trl_style_columns(setup, tmp_path):
+    _, data, _ = setup
+    seen = tmp_path / "seen.json"
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""import json
+def probe(prompts, completions, completion_ids, answer, **columns):
+    json.dump({{"prompt_roles": [m["role"] for m in prompts[0]], "completion": completions[0],
+               "ids": completion_ids[0], "answer": answer, "columns": sorted(columns)}}, open({str(seen)!r}, "w"))
+    return [0.0] * len(completions)
+""")
+    run_grpo(recipe(setup, tmp_path / "run", f"rewards=[{{fn: '{probe}:probe'}}]", "train.max_steps=1"),
+             show_progress=False)
+    got = json.loads(seen.read_text())
+    assert got["prompt_roles"] == ["user"]  # the reference answer is not part of the prompt
+    assert got["completion"][0]["role"] == "assistant" and isinstance(got["completion"][0]["content"], str)
+    assert got["ids"] and all(isinstance(i, int) for i in got["ids"]) and len(got["ids"]) <= 8
+    assert len(got["answer"]) == 8 and {"shape", "colour"} <= set(got["columns"])  # 2 prompts x G=4

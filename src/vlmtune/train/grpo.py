@@ -75,16 +75,18 @@ class Batch:
 
 
 def reward_columns(rollouts: list[Rollout], g: int) -> tuple[list, list, dict[str, list]]:
-    """TRL-style inputs: conversational prompts and completions, plus the samples' meta
-    fields as columns, each repeated per completion."""
-    prompts, completions, columns = [], [], {}
-    keys = sorted({k for r in rollouts for k in r.sample.meta})
+    """TRL-style inputs: conversational prompts and completions, the samples' meta fields
+    as columns (each repeated per completion), and ``completion_ids`` (token ids, as TRL
+    passes them; length rewards count tokens with it)."""
+    prompts, completions, columns = [], [], {"completion_ids": []}
+    keys = sorted({k for r in rollouts for k in r.sample.meta} - {"completion_ids"})
     for r in rollouts:
         msgs = r.sample.messages
         prompt = msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs
-        for text in r.texts:
+        for text, ids, mask in zip(r.texts, r.completion_ids, r.mask):
             prompts.append(prompt)
             completions.append([{"role": "assistant", "content": text}])
+            columns["completion_ids"].append(ids[mask.bool()].tolist())
         for k in keys:
             columns.setdefault(k, []).extend([r.sample.meta.get(k)] * g)
     return prompts, completions, columns
