@@ -40,3 +40,13 @@ def test_lora_with_unfrozen_language_model_is_refused(tiny_model_dir):
     r = load_recipe(None, [f"model.path={tiny_model_dir('qwen2_vl')}", "freeze.language=false"])
     with pytest.raises(ValueError, match="use train.mode=full"):
         load_for_training(r.model, "lora", r.lora, r.quant, r.freeze)
+
+
+def test_hub_ids_pass_only_when_the_hub_is_online(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set"):
+        check_model_path("Qwen/Qwen2.5-VL-3B-Instruct")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert check_model_path("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"  # not fetched here
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        check_model_path(str(tmp_path / "a" / "b"))  # a missing local path is never taken for a hub id

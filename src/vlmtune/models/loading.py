@@ -7,6 +7,7 @@ comes from :mod:`vlmtune.models.families`; this module never tests a model name.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,11 +37,20 @@ class Loaded:
         return getattr(self.processor, "tokenizer", self.processor)
 
 
-def check_model_path(path: str | Path, gguf_file: str | None = None) -> Path:
-    """Fail early, naming the path and what was looked for."""
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))
+
+
+def check_model_path(path: str | Path, gguf_file: str | None = None) -> Path | str:
+    """Fail early, naming the path and what was looked for. A hub id (``org/name``) that is
+    not a local folder is passed on to transformers unless the hub is offline."""
     p = Path(path)
     if not p.exists():
-        raise ModelLoadError(f"model path does not exist: {p} (hub ids are not loaded offline)")
+        if _looks_like_hub_id(str(path)) and os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false"):
+            return str(path)
+        hint = " (HF_HUB_OFFLINE is set, so hub ids are not downloaded)" if _looks_like_hub_id(str(path)) else ""
+        raise ModelLoadError(f"model path does not exist: {p}{hint}")
     if gguf_file is not None:
         if not (p / gguf_file).is_file():
             raise ModelLoadError(f"{p}: no GGUF file named {gguf_file!r}")
