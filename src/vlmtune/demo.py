@@ -1,47 +1,257 @@
-"""``vlmtune demo``: the main job on the embedded default, on a tiny model built on the spot.
+"""``vlmtune demo``: the ambiguity-aware task end to end on a tiny model built on the spot.
 
-Today: build a tiny Qwen2-VL, write the built-in shapes data set, fine-tune it fully and
-print the loss curve. (The ambiguity-aware pipeline replaces this when it lands.)
+synthesize clarify data -> baseline eval -> SFT (full) -> eval -> GRPO from the SFT weights
+with the offline rule judge (``aqua`` reward) -> eval; then print a table of strategic
+accuracy per level and mean reward per stage, write ``OUT/summary.json`` and
+``OUT/report/index.html`` (the three stages side by side).
+
+``summary.json`` (public contract)::
+
+    {"baseline": {"strategic_accuracy": float, "per_level": {"L0": float, ...}, "reward_mean": float},
+     "sft": {...}, "grpo": {...}, "wall_seconds": float, ...}
+
+``reward_mean`` of a stage is the mean ``aqua`` reward (rule judge: 1 right strategy, 0.7
+right strategy with a false statement, 0 wrong strategy) of the stage's greedy responses
+on the held-out eval split, so the three stages are scored on the same prompts.
+
+The tiny model is the factory's Qwen2-VL (:func:`vlmtune.models.tiny.make_tiny`) with its
+saved ``config.json`` edited to the demo's shape (:class:`DemoSettings`: vision depth and
+width, text layers) and re-initialised from that config with the same seed. Everything
+is deterministic by seed; timings depend on the machine.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from vlmtune.config import load_recipe
-from vlmtune.data.builtin import make_shapes_dataset
-from vlmtune.models.tiny import make_tiny
-from vlmtune.train.sft import run_sft
+__all__ = ["DemoSettings", "FAST", "FULL", "build_demo_model", "run_demo"]
+
+STAGES = ("baseline", "sft", "grpo")
+LEVELS = ("L0", "L1", "L2", "L3")
 
 
-def run_demo(out: Path, fast: bool = False) -> dict:
-    console, start = Console(), time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / "tiny-qwen2_vl"
-    if not (model / "config.json").exists():
-        make_tiny("qwen2_vl", model)
-    data = make_shapes_dataset(out / "data", n=16 if fast else 64, seed=0, eval_n=8)
-    steps = 15 if fast else 120
-    recipe = load_recipe(None, [
-        f"model.path={model}", f"data.train_path={data}", f"data.eval_path={data.parent / 'eval.jsonl'}",
-        f"output.dir={out / 'sft'}", "train.mode=full", "train.lr=1e-3", f"train.max_steps={steps}",
-        "train.batch_size=4", "train.warmup_steps=5", "train.max_length=512", f"eval.every={max(steps // 4, 1)}"])
-    summary = run_sft(recipe, show_progress=True)
-    rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
-    table = Table(title="SFT on the built-in shapes data (tiny Qwen2-VL, CPU)")
-    for col in ("step", "train loss", "eval loss"):
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything the demo's numbers depend on (see ``FULL`` and ``FAST``)."""
+
+    n_train: int = 6000
+    n_eval: int = 200
+    image_size: int = 168
+    seed: int = 0
+    # model shape (edits of the tiny Qwen2-VL config; None = factory value)
+    vision_depth: int | None = None
+    vision_width: int | None = None
+    text_layers: int | None = None
+    # SFT
+    sft_steps: int = 1700
+    sft_batch: int = 16
+    sft_lr: float = 1e-3
+    sft_warmup: int = 50
+    # GRPO (from the SFT weights)
+    grpo_steps: int = 10
+    grpo_lr: float = 2e-5
+    grpo_generations: int = 4
+    grpo_prompts_per_step: int = 4
+    grpo_temperature: float = 1.0
+    grpo_max_new_tokens: int = 48
+    # eval
+    eval_batch: int = 32
+    eval_max_new_tokens: int = 48
+
+
+FULL = DemoSettings()
+FAST = DemoSettings(n_train=32, n_eval=16, sft_steps=8, sft_batch=4, sft_warmup=2, grpo_steps=2,
+                    grpo_generations=2, grpo_prompts_per_step=2, grpo_max_new_tokens=24,
+                    eval_batch=16, eval_max_new_tokens=24)
+
+
+def build_demo_model(out: Path, s: DemoSettings) -> Path:
+    """The factory's tiny Qwen2-VL, reshaped as ``s`` says and re-initialised by seed."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vlmtune.models.tiny import make_tiny
+
+    make_tiny("qwen2_vl", out, seed=s.seed)
+    if s.vision_depth is None and s.vision_width is None and s.text_layers is None:
+        return out
+    path = out / "config.json"
+    cfg = json.loads(path.read_text())
+    vision, text = cfg["vision_config"], cfg["text_config"]
+    if s.vision_depth is not None:
+        vision["depth"] = s.vision_depth
+    if s.vision_width is not None:
+        vision["embed_dim"] = s.vision_width
+        vision["num_heads"] = max(1, s.vision_width // 16)
+    if s.text_layers is not None:
+        text["num_hidden_layers"] = s.text_layers
+        text["layer_types"] = ["full_attention"] * s.text_layers
+    path.write_text(json.dumps(cfg, indent=2))
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(s.seed)
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
+    finally:
+        torch.random.set_rng_state(state)
+    model.generation_config.do_sample = False
+    for f in out.glob("model*.safetensors*"):
+        f.unlink()
+    model.save_pretrained(out)
+    return out
+
+
+def _reward_mean(eval_dir: Path, data_path: Path) -> float:
+    """Mean rule-judge ``aqua`` reward of the stage's eval responses."""
+    from vlmtune.data.readers import read_samples
+    from vlmtune.rewards.clarify import aqua
+
+    samples, _ = read_samples(data_path, require_assistant=False)
+    responses = [json.loads(x)["response"] for x in (eval_dir / "predictions.jsonl").read_text().splitlines()]
+    if len(samples) != len(responses):
+        raise RuntimeError(f"{eval_dir}: {len(responses)} predictions for {len(samples)} samples")
+    prompts = [s.messages[:-1] if s.messages[-1]["role"] == "assistant" else s.messages for s in samples]
+    rewards = aqua(prompts, [[{"role": "assistant", "content": r}] for r in responses],
+                   level=[s.meta.get("level") for s in samples], facts=[s.meta.get("facts") for s in samples],
+                   judge="rule")
+    valid = [r for r in rewards if r is not None]
+    return sum(valid) / len(valid) if valid else float("nan")
+
+
+def _evaluate(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -> tuple[list[dict], dict]:
+    from vlmtune.eval.run import run_eval
+
+    metrics = run_eval(model, data, task="clarify", out_dir=out, batch_size=s.eval_batch,
+                       max_new_tokens=s.eval_max_new_tokens, judge="rule", show_progress=False, title=title)
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    return records, metrics
+
+
+def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, Any]:
+    acc = metrics.get("strategic_accuracy") or {}
+    per_level = acc.get("per_level") or {}
+    return {"strategic_accuracy": float(acc.get("overall", float("nan"))),
+            "per_level": {lv: float(per_level.get(lv, float("nan"))) for lv in LEVELS},
+            "reward_mean": float(reward), "seconds": round(seconds, 1)}
+
+
+def _table(summary: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("stage")
+    for col in (*LEVELS, "overall", "reward mean", "time (s)"):
         table.add_column(col, justify="right")
-    for r in rows:
-        if "loss" in r and ("eval_loss" in r or r["step"] in (1, steps)):
-            table.add_row(str(r["step"]), f"{r.get('loss', float('nan')):.4f}",
-                          f"{r['eval_loss']:.4f}" if "eval_loss" in r else "")
-    console.print(table)
+    for stage in STAGES:
+        row = summary[stage]
+        pct = [f"{100 * row['per_level'][lv]:.1f}%" if not math.isnan(row["per_level"][lv]) else "–"
+               for lv in LEVELS]
+        table.add_row(stage, *pct, f"{100 * row['strategic_accuracy']:.1f}%", f"{row['reward_mean']:.3f}",
+                      f"{row['seconds']:.0f}")
+    return table
+
+
+def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
+             settings: DemoSettings | None = None) -> dict:
+    """Run the whole demo into ``out``; returns the summary written to ``out/summary.json``.
+
+    Args:
+        out: Output directory (data, model, runs, evals, report, summary.json).
+        fast: A ~1-minute smoke version (tiny data, a few steps); numbers are meaningless.
+        prompt_variant: System prompt of the data: 0 none, 1 short rule, 2 long rule.
+        settings: Override :data:`FULL` / :data:`FAST` (experiments).
+    """
+    from vlmtune.config import load_recipe
+    from vlmtune.data.clarify import make_clarify_dataset
+    from vlmtune.eval.report import write_report
+    from vlmtune.train.grpo import run_grpo
+    from vlmtune.train.sft import run_sft
+
+    s = settings or (FAST if fast else FULL)
+    console, start = Console(), time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def mark(name: str, since: float) -> float:
+        timings[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    tick = time.perf_counter()
+    console.print(f"[bold]1/6[/] synthesizing {s.n_train} + {s.n_eval} clarify samples ({s.image_size} px, "
+                  f"prompt variant {prompt_variant})")
+    data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval,
+                                image_size=s.image_size, prompt_variant=prompt_variant)
+    model = build_demo_model(out / "tiny-qwen2_vl", s)
+    tick = mark("setup", tick)
+
+    stages: dict[str, tuple[list[dict], dict]] = {}
+    summary: dict[str, Any] = {}
+
+    def evaluate(stage: str, model_dir: Path, since: float) -> float:
+        tick = time.perf_counter()
+        records, metrics = _evaluate(model_dir, data["eval"], out / "eval" / stage, s, f"demo: {stage}")
+        stages[stage] = (records, metrics)
+        reward = _reward_mean(out / "eval" / stage, data["eval"])
+        now = mark(f"eval_{stage}", tick)
+        summary[stage] = _stage_summary(metrics, reward, now - since)  # training + eval
+        console.print(f"  {stage}: strategic accuracy {100 * summary[stage]['strategic_accuracy']:.1f}%, "
+                      f"reward {reward:.3f}")
+        return now
+
+    console.print("[bold]2/6[/] baseline eval (random weights)")
+    tick = evaluate("baseline", model, tick)
+
+    console.print(f"[bold]3/6[/] SFT: {s.sft_steps} steps x {s.sft_batch} samples, lr {s.sft_lr}, full, "
+                  "vision tower trained")
+    common = ["train.mode=full", "freeze.vision=false", "freeze.projector=false", "freeze.language=false",
+              f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10", "train.save_every=425", "train.keep_last=4"]
+    sft_recipe = load_recipe(None, [
+        f"model.path={model}", f"data.train_path={data['train']}", f"output.dir={out / 'sft'}", *common,
+        f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
+        f"train.warmup_steps={s.sft_warmup}", "train.scheduler=cosine"])
+    sft_summary = run_sft(sft_recipe, show_progress=True)
+    mark("sft", tick)
+    tick = evaluate("sft", out / "sft" / "final", tick)
+
+    console.print(f"[bold]5/6[/] GRPO from the SFT weights: {s.grpo_steps} steps x {s.grpo_prompts_per_step} "
+                  f"prompts x {s.grpo_generations} completions, aqua reward with the rule judge")
+    grpo_recipe = load_recipe(None, [
+        f"model.path={out / 'sft' / 'final'}", f"data.train_path={data['train']}", f"output.dir={out / 'grpo'}",
+        *common, f"train.max_steps={s.grpo_steps}", f"train.lr={s.grpo_lr}", "train.scheduler=constant",
+        "train.log_every=1", f"grpo.num_generations={s.grpo_generations}",
+        f"grpo.prompts_per_step={s.grpo_prompts_per_step}", f"grpo.temperature={s.grpo_temperature}",
+        f"grpo.max_new_tokens={s.grpo_max_new_tokens}", "grpo.loss=grpo", "grpo.beta=0.0",
+        "rewards=[{fn: aqua, kwargs: {judge: rule}}]"])
+    grpo_summary = run_grpo(grpo_recipe, show_progress=True)
+    mark("grpo", tick)
+    evaluate("grpo", out / "grpo" / "final", tick)
+
+    write_report(out / "report", {k: stages[k] for k in STAGES},
+                 title="vlmtune demo: baseline vs SFT vs SFT+GRPO (tiny Qwen2-VL, clarify task)")
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    summary["timings"] = timings
+    summary["settings"] = {**asdict(s), "fast": fast, "prompt_variant": prompt_variant}
+    summary["train"] = {"sft_loss_last": sft_summary.get("train_loss_last"),
+                        "sft_eval_loss": sft_summary.get("eval_loss"),
+                        "grpo_train_reward_last": grpo_summary.get("reward_mean_last"),
+                        "grpo_train_reward_curve": _grpo_rewards(out / "grpo")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    console.print(f"done in {summary['wall_seconds']} s; run dir {out / 'sft'}")
+
+    console.print(_table(summary, f"Strategic accuracy on {s.n_eval} held-out samples (tiny Qwen2-VL, CPU)"))
+    console.print(f"done in {summary['wall_seconds']:.0f} s; report {out / 'report' / 'index.html'}, "
+                  f"summary {out / 'summary.json'}")
     return summary
+
+
+def _grpo_rewards(run_dir: Path) -> list[float]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [round(r["reward_mean"], 4) for r in rows if "reward_mean" in r]

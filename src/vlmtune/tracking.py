@@ -83,3 +83,35 @@ class PhaseTimer:
         out = {f"time/{k}": v for k, v in self.seconds.items()}
         self.seconds = {}
         return out
+
+
+class ComputeMeter:
+    """Compute accounting for a run (this process): wall time, tokens, an estimate of FLOPs
+    and peak memory. Training tokens count 6 x parameters each (forward + backward, Kaplan et
+    al. 2020; an upper bound under LoRA, where frozen weights get no weight gradients);
+    forward-only tokens (generation, old/reference log-probs) count 2 x parameters."""
+
+    def __init__(self, n_params: int):
+        self.n_params = n_params
+        self.start = time.perf_counter()
+        self.train_tokens = 0
+        self.forward_tokens = 0
+
+    def add_train(self, tokens: int) -> None:
+        self.train_tokens += int(tokens)
+
+    def add_forward(self, tokens: int) -> None:
+        self.forward_tokens += int(tokens)
+
+    def summary(self) -> dict[str, Any]:
+        import resource
+
+        import torch
+
+        flops = 6 * self.n_params * self.train_tokens + 2 * self.n_params * self.forward_tokens
+        out = {"wall_seconds": round(time.perf_counter() - self.start, 2), "train_tokens": self.train_tokens,
+               "forward_tokens": self.forward_tokens, "flops_estimate": float(flops),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+        if torch.cuda.is_available():
+            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out

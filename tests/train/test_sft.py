@@ -52,6 +52,7 @@ def test_one_step_via_cli_every_family(family, tiny_model_dir, shapes, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["steps"] == 1 and summary["train_loss_last"] > 0
+    assert summary["compute"]["train_tokens"] > 0 and summary["compute"]["flops_estimate"] > 0
     assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").is_file()
     assert (out / "final" / "adapter_config.json").is_file()  # default mode is LoRA
     assert list((out / "tb").iterdir()), "TensorBoard events written"

@@ -40,7 +40,7 @@ from vlmtune.rollout.hf import (
     SamplingParams,
     rollout_logps,
 )
-from vlmtune.tracking import MetricsLogger, PhaseTimer
+from vlmtune.tracking import ComputeMeter, MetricsLogger, PhaseTimer
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.advantages import (
     distinct_fraction,
@@ -285,6 +285,18 @@ def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recip
     return stats
 
 
+def count_tokens(meter: ComputeMeter, batch: Batch, cfg: Any) -> None:
+    """Tokens of one step for compute accounting: generation and the old/reference passes
+    are forward-only; the policy update runs num_iterations forward+backward passes."""
+    prompt = sum(int(r.prompt["input_ids"].shape[1]) for r in batch.rollouts)
+    completions = sum(int(r.mask.sum()) for r in batch.rollouts)
+    prompt_passes = prompt if cfg.shared_prefix else prompt * cfg.num_generations
+    meter.add_forward(prompt + completions)  # generation: the prompt once, then one token at a time
+    extra = (cfg.num_iterations > 1) + (cfg.beta > 0)  # old and reference log-prob passes
+    meter.add_forward(extra * (prompt_passes + completions))
+    meter.add_train(cfg.num_iterations * (prompt_passes + completions))
+
+
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train with GRPO as the recipe says; returns the run summary."""
     t, cfg, run_dir = recipe.train, recipe.grpo, start_run(recipe)
@@ -307,6 +319,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * len(prompts) / cfg.prompts_per_step))
     optimizer = build_optimizer(model, loaded.family, t)
     scheduler = build_scheduler(optimizer, t, steps * cfg.num_iterations)
+    meter = ComputeMeter(sum(p.numel() for p in model.parameters()))
     model, optimizer = accelerator.prepare(model, optimizer)
     stream = BatchStream(len(prompts), cfg.prompts_per_step, t.seed, recipe.data.shuffle,
                          accelerator.process_index, accelerator.num_processes)
@@ -342,6 +355,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                             ref = group_logps(ref_policy, batch, logps)
             with timer("update"):
                 stats = optimize(model, batch, old, ref, recipe, logps, accelerator, optimizer, scheduler)
+            count_tokens(meter, batch, cfg)
             metrics = {**step_metrics(batch, rewards.names, g, *gather_rewards(batch, accelerator)), **stats,
                        "lr": scheduler.get_last_lr()[0], **{f"judge/{k}": v for k, v in rewards.judge_stats().items()},
                        **timer.pop(), "step_seconds": time.perf_counter() - tick}
@@ -358,7 +372,8 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                 save_step(accelerator, run_dir, step, model, optimizer, scheduler, stream, t.keep_last)
 
     save_step(accelerator, run_dir, steps, model, optimizer, scheduler, stream, t.keep_last)
-    summary = {"steps": steps, "reward_mean_last": last.get("reward_mean"), "skipped_rows": bad_rows.counts(),
+    summary = {"steps": steps, "reward_mean_last": last.get("reward_mean"), "compute": meter.summary(),
+               "skipped_rows": bad_rows.counts(),
                "prompts": len(prompts), "judge": rewards.judge_stats()}
     if accelerator.is_main_process:
         final = run_dir / "final"

@@ -24,7 +24,7 @@ from vlmtune.batching.dataset import RenderedDataset, load_datasets
 from vlmtune.batching.render import IGNORE
 from vlmtune.config import Recipe
 from vlmtune.models.loading import load_for_training
-from vlmtune.tracking import MetricsLogger
+from vlmtune.tracking import ComputeMeter, MetricsLogger
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.common import (
     BatchStream,
@@ -80,6 +80,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     steps = total_steps(t, len(train_ds), accelerator.num_processes)
     optimizer = build_optimizer(model, loaded.family, t)
     scheduler = build_scheduler(optimizer, t, steps)
+    meter = ComputeMeter(sum(p.numel() for p in model.parameters()))
     model, optimizer = accelerator.prepare(model, optimizer)
     stream = BatchStream(len(train_ds), t.batch_size, t.seed, recipe.data.shuffle,
                          accelerator.process_index, accelerator.num_processes)
@@ -118,6 +119,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "mean"))
             seconds = time.perf_counter() - tick
             seen = sum(int(b["attention_mask"].sum()) for b in micro)
+            meter.add_train(seen)
             metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                        "tokens_per_s": seen / seconds, "loss_tokens": step_tokens, "epoch": stream.epoch}
             if eval_ds is not None and recipe.eval.every and step % recipe.eval.every == 0:
@@ -130,7 +132,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                 save_step(accelerator, run_dir, step, model, optimizer, scheduler, stream, t.keep_last,
                           train_loss_last=loss_value)
 
-    summary = {"steps": steps, "train_loss_last": loss_value, "train_rows": len(train_ds),
+    summary = {"steps": steps, "train_loss_last": loss_value, "train_rows": len(train_ds), "compute": meter.summary(),
                "skipped_rows": bad_rows.counts(), "trainable_params": _trainable(model)}
     if eval_ds is not None:
         summary["eval_loss"] = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, accelerator.device)
