@@ -112,14 +112,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--prompt-variant", type=int, choices=[0, 1, 2], default=0,
+                   help="system prompt: 0 none, 1 short rule, 2 long rule (ClarifyVLM's variants)")
     p.add_argument("--fast", action="store_true", help="a one-minute smoke version")
 
 
-@verb("demo", "the main job on the embedded default: tiny VLM, synthetic data, training, summary", _demo_args)
+@verb("demo", "the main job: a tiny VLM learns when to answer, enumerate or ask (synth, eval, SFT, GRPO)",
+      _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlmtune.demo import run_demo
 
-    run_demo(Path(args.out), fast=args.fast)
+    run_demo(Path(args.out), fast=args.fast, prompt_variant=args.prompt_variant)
     return 0
 
 
