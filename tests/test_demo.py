@@ -92,3 +92,23 @@ def test_full_demo_meets_targets(tmp_path: Path) -> None:
     assert s["grpo"]["reward_mean"] >= s["sft"]["reward_mean"]
     assert s["grpo"]["strategic_accuracy"] >= s["sft"]["strategic_accuracy"] - 0.02
     assert s["wall_seconds"] <= 600
+
+
+def test_demo_model_patch_gives_one_token_per_cell(tmp_path: Path) -> None:
+    """vision_patch=28 at 168 px: 3x3 merged image tokens, one per grid cell of the scene."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmtune.demo import DemoSettings, build_demo_model
+
+    model_dir = build_demo_model(tmp_path / "m", DemoSettings(vision_patch=28))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    assert model.config.vision_config.patch_size == 28
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    batch = processor(text=[text], images=[Image.new("RGB", (168, 168), "red")], return_tensors="pt")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 9
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()

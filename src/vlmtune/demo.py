@@ -47,6 +47,7 @@ class DemoSettings:
     image_size: int = 168
     seed: int = 0
     # model shape (edits of the tiny Qwen2-VL config; None = factory value)
+    vision_patch: int | None = None  # 28 at 168 px: one merged image token per grid cell
     vision_depth: int | None = None
     vision_width: int | None = None
     text_layers: int | None = None
@@ -81,11 +82,14 @@ def build_demo_model(out: Path, s: DemoSettings) -> Path:
     from vlmtune.models.tiny import make_tiny
 
     make_tiny("qwen2_vl", out, seed=s.seed)
-    if s.vision_depth is None and s.vision_width is None and s.text_layers is None:
+    if s.vision_patch is None and s.vision_depth is None and s.vision_width is None and s.text_layers is None:
         return out
     path = out / "config.json"
     cfg = json.loads(path.read_text())
     vision, text = cfg["vision_config"], cfg["text_config"]
+    if s.vision_patch is not None:
+        vision["patch_size"] = s.vision_patch
+        _set_processor_patch(out, s.vision_patch)
     if s.vision_depth is not None:
         vision["depth"] = s.vision_depth
     if s.vision_width is not None:
@@ -106,6 +110,16 @@ def build_demo_model(out: Path, s: DemoSettings) -> Path:
         f.unlink()
     model.save_pretrained(out)
     return out
+
+
+def _set_processor_patch(model_dir: Path, patch: int) -> None:
+    """Make the saved image/video processors cut ``patch``-px patches (merged 2x2 per token)."""
+    path = model_dir / "processor_config.json"
+    cfg = json.loads(path.read_text())
+    for key in ("image_processor", "video_processor"):
+        cfg[key]["patch_size"] = patch
+        cfg[key]["size"]["shortest_edge"] = (2 * patch) ** 2  # at least one merged token
+    path.write_text(json.dumps(cfg, indent=2))
 
 
 def _reward_mean(eval_dir: Path, data_path: Path) -> float:

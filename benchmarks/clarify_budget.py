@@ -1,0 +1,81 @@
+"""Strategic accuracy of the demo's SFT stage against training time (the clarify task).
+
+Builds the demo's tiny model, synthesizes the clarify data, runs full SFT with a checkpoint
+every ``--eval-every`` steps and scores every checkpoint on the held-out split (greedy,
+rule judge). Prints one row per checkpoint: step, minutes of training so far, samples seen,
+strategic accuracy overall and per level. Use it to see what a longer budget than
+``make demo`` buys, or to compare model shapes and batch sizes.
+
+    python benchmarks/clarify_budget.py --steps 2000 --batch 64 --eval-every 250 --patch 28
+
+Minutes are wall time measured from the start of SFT to each checkpoint's write, so they
+depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from vlmtune.config import load_recipe
+from vlmtune.data.clarify import make_clarify_dataset
+from vlmtune.demo import DemoSettings, build_demo_model
+from vlmtune.eval.run import run_eval
+from vlmtune.train.checkpoint import checkpoints
+from vlmtune.train.sft import run_sft
+
+
+def evaluate_checkpoints(run_dir: Path, model_dir: Path, eval_path: Path, started: float) -> list[dict]:
+    """Score every complete ``run_dir/checkpoints/step-N`` in step order."""
+    rows = []
+    for ckpt in checkpoints(run_dir):
+        for f in model_dir.iterdir():  # checkpoints hold weights; eval also needs config + processor
+            if f.suffix in (".json", ".jinja") and not (ckpt / f.name).exists():
+                shutil.copy(f, ckpt / f.name)
+        minutes = (ckpt.stat().st_mtime - started) / 60
+        m = run_eval(ckpt, eval_path, task="clarify", out_dir=run_dir / f"eval-{ckpt.name}", batch_size=32,
+                     max_new_tokens=48, judge="rule", show_progress=False)
+        acc = m["strategic_accuracy"]
+        rows.append({"step": int(ckpt.name.split("-")[1]), "minutes": round(minutes, 2),
+                     "overall": acc["overall"], **{lv: acc["per_level"][lv] for lv in ("L0", "L1", "L2", "L3")}})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--n-train", type=int, default=24000)
+    ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--patch", type=int, default=None, help="vision patch size (28: one token per grid cell)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="clarify-budget-"))
+    s = DemoSettings(n_train=args.n_train, n_eval=args.n_eval, vision_patch=args.patch)
+    data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval)
+    model = build_demo_model(out / "model", s)
+    run_dir = out / "sft"
+    started = time.time()
+    run_sft(load_recipe(None, [
+        f"model.path={model}", f"data.train_path={data['train']}", f"output.dir={run_dir}", "train.mode=full",
+        "freeze.vision=false", "freeze.projector=false", f"train.max_steps={args.steps}",
+        f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.warmup_steps=50", "train.scheduler=cosine",
+        f"train.save_every={args.eval_every}", "train.keep_last=1000", "train.max_length=1024"]), show_progress=True)
+    rows = evaluate_checkpoints(run_dir, model, data["eval"], started)
+    print(f"{'step':>6} {'min':>6} {'samples':>8} {'overall':>8} {'L0':>6} {'L1':>6} {'L2':>6} {'L3':>6}")
+    for r in rows:
+        print(f"{r['step']:>6} {r['minutes']:>6.1f} {r['step'] * args.batch:>8} {100 * r['overall']:>7.1f}% "
+              + " ".join(f"{100 * r[lv]:>5.1f}%" for lv in ("L0", "L1", "L2", "L3")))
+    (out / "budget.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
+                                                indent=1))
+    print(f"wrote {out / 'budget.json'}")
+
+
+if __name__ == "__main__":
+    main()
