@@ -33,10 +33,10 @@ def evaluate_checkpoints(run_dir: Path, model_dir: Path, eval_path: Path, starte
     """Score every complete ``run_dir/checkpoints/step-N`` in step order."""
     rows = []
     for ckpt in checkpoints(run_dir):
+        minutes = (ckpt.stat().st_mtime - started) / 60  # before the copies below touch the folder
         for f in model_dir.iterdir():  # checkpoints hold weights; eval also needs config + processor
             if f.suffix in (".json", ".jinja") and not (ckpt / f.name).exists():
                 shutil.copy(f, ckpt / f.name)
-        minutes = (ckpt.stat().st_mtime - started) / 60
         m = run_eval(ckpt, eval_path, task="clarify", out_dir=run_dir / f"eval-{ckpt.name}", batch_size=32,
                      max_new_tokens=48, judge="rule", show_progress=False)
         acc = m["strategic_accuracy"]
