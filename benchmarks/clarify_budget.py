@@ -3,8 +3,9 @@
 Builds the demo's tiny model, synthesizes the clarify data, runs full SFT with a checkpoint
 every ``--eval-every`` steps and scores every checkpoint on the held-out split (greedy,
 rule judge). Prints one row per checkpoint: step, minutes of training so far, samples seen,
-strategic accuracy overall and per level. Use it to see what a longer budget than
-``make demo`` buys, or to compare model shapes and batch sizes.
+strategic accuracy overall and per level, and answer accuracy (the gold colour stated
+for unambiguous questions: whether the model reads the asked shape at all). Use it to see
+what a longer budget than ``make demo`` buys, or to compare model shapes and batch sizes.
 
     python benchmarks/clarify_budget.py --steps 2000 --batch 64 --eval-every 250 --patch 28
 
@@ -41,7 +42,8 @@ def evaluate_checkpoints(run_dir: Path, model_dir: Path, eval_path: Path, starte
                      max_new_tokens=48, judge="rule", show_progress=False)
         acc = m["strategic_accuracy"]
         rows.append({"step": int(ckpt.name.split("-")[1]), "minutes": round(minutes, 2),
-                     "overall": acc["overall"], **{lv: acc["per_level"][lv] for lv in ("L0", "L1", "L2", "L3")}})
+                     "overall": acc["overall"], **{lv: acc["per_level"][lv] for lv in ("L0", "L1", "L2", "L3")},
+                     "answer": m["groups"]["unambig"]["answer_accuracy"]})
     return rows
 
 
@@ -68,10 +70,10 @@ def main() -> None:
         f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.warmup_steps=50", "train.scheduler=cosine",
         f"train.save_every={args.eval_every}", "train.keep_last=1000", "train.max_length=1024"]), show_progress=True)
     rows = evaluate_checkpoints(run_dir, model, data["eval"], started)
-    print(f"{'step':>6} {'min':>6} {'samples':>8} {'overall':>8} {'L0':>6} {'L1':>6} {'L2':>6} {'L3':>6}")
+    print(f"{'step':>6} {'min':>6} {'samples':>8} {'overall':>8} {'L0':>6} {'L1':>6} {'L2':>6} {'L3':>6} {'answer':>7}")
     for r in rows:
         print(f"{r['step']:>6} {r['minutes']:>6.1f} {r['step'] * args.batch:>8} {100 * r['overall']:>7.1f}% "
-              + " ".join(f"{100 * r[lv]:>5.1f}%" for lv in ("L0", "L1", "L2", "L3")))
+              + " ".join(f"{100 * r[lv]:>5.1f}%" for lv in ("L0", "L1", "L2", "L3")) + f" {100 * r['answer']:>6.1f}%")
     (out / "budget.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
                                                 indent=1))
     print(f"wrote {out / 'budget.json'}")

@@ -25,6 +25,7 @@ def _check_stage(row: dict) -> None:
         v = row["per_level"][lv]
         assert isinstance(v, float) and 0.0 <= v <= 1.0, (lv, v)
     assert isinstance(row["reward_mean"], float) and 0.0 <= row["reward_mean"] <= 1.0
+    assert math.isnan(row["answer_accuracy"]) or 0.0 <= row["answer_accuracy"] <= 1.0
     # overall = mean of the balanced levels
     assert math.isclose(row["strategic_accuracy"], sum(row["per_level"].values()) / 4, abs_tol=1e-9)
 

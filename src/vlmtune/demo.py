@@ -10,6 +10,10 @@ accuracy per level and mean reward per stage, write ``OUT/summary.json`` and
     {"baseline": {"strategic_accuracy": float, "per_level": {"L0": float, ...}, "reward_mean": float},
      "sft": {...}, "grpo": {...}, "wall_seconds": float, ...}
 
+Each stage also reports ``answer_accuracy``: the share of unambiguous (L0/L1) eval questions
+whose response states the target's colour and no other colour of the image
+(:func:`vlmtune.eval.metrics.answer_stated`), i.e. whether the model reads the asked shape.
+
 ``reward_mean`` of a stage is the mean ``aqua`` reward (rule judge: 1 right strategy, 0.7
 right strategy with a false statement, 0 wrong strategy) of the stage's greedy responses
 on the held-out eval split, so the three stages are scored on the same prompts.
@@ -151,22 +155,26 @@ def _evaluate(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -
 def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, Any]:
     acc = metrics.get("strategic_accuracy") or {}
     per_level = acc.get("per_level") or {}
+    answer = ((metrics.get("groups") or {}).get("unambig") or {}).get("answer_accuracy")
     return {"strategic_accuracy": float(acc.get("overall", float("nan"))),
             "per_level": {lv: float(per_level.get(lv, float("nan"))) for lv in LEVELS},
-            "reward_mean": float(reward), "seconds": round(seconds, 1)}
+            "reward_mean": float(reward),
+            "answer_accuracy": float("nan") if answer is None else float(answer),
+            "seconds": round(seconds, 1)}
 
 
 def _table(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stage")
-    for col in (*LEVELS, "overall", "reward mean", "time (s)"):
+    for col in (*LEVELS, "overall", "reward mean", "answer acc.", "time (s)"):
         table.add_column(col, justify="right")
     for stage in STAGES:
         row = summary[stage]
         pct = [f"{100 * row['per_level'][lv]:.1f}%" if not math.isnan(row["per_level"][lv]) else "–"
                for lv in LEVELS]
+        answer = "–" if math.isnan(row["answer_accuracy"]) else f"{100 * row['answer_accuracy']:.1f}%"
         table.add_row(stage, *pct, f"{100 * row['strategic_accuracy']:.1f}%", f"{row['reward_mean']:.3f}",
-                      f"{row['seconds']:.0f}")
+                      answer, f"{row['seconds']:.0f}")
     return table
 
 

@@ -3,10 +3,10 @@
 import pytest
 
 from vlmtune.eval.metrics import (
-    clarify_report, confusion_matrix, exact_match, factual_consistency, is_clarifying_question,
-    level_type, mc_accuracy, mc_prompt, normalize_text, over_asking_rate, parse_mc_digit,
-    response_type_accuracy, rouge1, rouge_l, rouge_tokens, shuffle_choices, strategic_accuracy,
-    token_f1, under_clarifying_rate)
+    answer_accuracy, answer_stated, clarify_report, confusion_matrix, exact_match,
+    factual_consistency, is_clarifying_question, level_type, mc_accuracy, mc_prompt,
+    normalize_text, over_asking_rate, parse_mc_digit, response_type_accuracy, rouge1, rouge_l,
+    rouge_tokens, shuffle_choices, strategic_accuracy, token_f1, under_clarifying_rate)
 from vlmtune.rewards.rules import normalize_answer
 
 pytestmark = pytest.mark.timeout(30)
@@ -213,16 +213,46 @@ def test_shuffle_choices_tracks_gold_and_is_deterministic():
     assert prompt.splitlines()[:3] == ["Question: What colour?", "1) a", "2) b"]
 
 
+# --------------------------------------------------------------------------- short answers
+
+
+@pytest.mark.parametrize("response, answer, distractors, hit", [
+    ("The triangle is RED.", "red", ["blue"], 1.0),  # casing, punctuation
+    ("You are referring to the triangle on the left: it is red.", "red", ["blue", "green"], 1.0),
+    ("It is red or blue.", "red", ["blue"], 0.0),  # a hedge naming a rival colour
+    ("It is reddish.", "red", [], 0.0),  # whole words only
+    ("The answer is a dark red", "dark red", ["red"], 1.0),  # a rival equal to part of the gold
+    ("", "red", [], 0.0),  # empty output
+    (None, "red", [], 0.0),
+    ("It is the red.", "the red", [], 1.0),  # articles dropped on both sides
+    ("It is red.", "red", ["red"], 1.0),  # the gold itself among the distractors is ignored
+])
+def test_answer_stated(response, answer, distractors, hit):
+    assert answer_stated(response, answer, distractors) == hit
+
+
+def test_answer_accuracy_skips_questions_without_answer():
+    # 3 scored samples: hit, miss (rival), hit; the None answer (ambiguous) is left out -> 2/3
+    acc = answer_accuracy(["It is red.", "red and blue", "Which one?", "Blue."],
+                          ["red", "red", None, "blue"], [["blue"], ["blue"], [], ["red"]])
+    assert acc == pytest.approx(2 / 3)
+    assert answer_accuracy(["x"], [None]) is None
+    assert answer_accuracy([], []) is None
+    with pytest.raises(ValueError):
+        answer_accuracy(["a", "b"], ["a"])
+
+
 # --------------------------------------------------------------------------- report
 
 
 def _records():
     return [
         {"gold_level": "L0", "pred_level": "L0", "type": "unambig", "response": "The cup is red.",
-         "reference": "The cup is red.", "distortion": False, "mc_pred": "1", "mc_gold": 1},
+         "reference": "The cup is red.", "distortion": False, "mc_pred": "1", "mc_gold": 1,
+         "answer": "red", "distractors": ["blue"]},
         {"gold_level": "L1", "pred_level": "L3", "type": "unambig", "response": "Which cup?",
          "reference": "You mean the left cup: it is red.", "distortion": None,
-         "mc_pred": "4", "mc_gold": 2},
+         "mc_pred": "4", "mc_gold": 2, "answer": "red", "distractors": ["blue"]},
         {"gold_level": "L2", "pred_level": "L2", "type": "ambig",
          "response": "There are two cups: a red cup and a blue cup.",
          "reference": "There are two cups: a red cup and a blue cup.", "distortion": False},
@@ -245,6 +275,8 @@ def test_clarify_report():
     assert a["factual_consistency"] == pytest.approx(2 / 3) and a["judged_distortion"] == 3
     assert a["over_asking_rate"] == 0.5 and a["under_clarifying_rate"] == 0.0
     assert a["mc_accuracy"] == 0.5  # [1==1, 4!=2]
+    assert a["answer_accuracy"] == 0.5  # L0 states "red", L1 "Which cup?" does not; L2/L3 have none
+    assert rep["groups"]["ambig"]["answer_accuracy"] is None
     u, amb = rep["groups"]["unambig"], rep["groups"]["ambig"]
     assert u["n"] == 2 and u["strategic_accuracy"] == 0.5 and u["under_clarifying_rate"] is None
     assert amb["over_asking_rate"] is None and amb["mc_accuracy"] is None

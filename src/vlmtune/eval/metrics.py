@@ -31,9 +31,9 @@ from vlmtune.rewards.clarify import normalize_level
 from vlmtune.rewards.rules import extract_answer, normalize_answer
 
 __all__ = [
-    "LEVELS", "NONE_COLUMN", "clarify_report", "confusion_matrix", "exact_match",
-    "factual_consistency", "is_clarifying_question", "level_label", "level_type",
-    "mc_accuracy", "mc_prompt", "normalize_text", "over_asking_rate", "parse_mc_digit",
+    "LEVELS", "NONE_COLUMN", "answer_accuracy", "answer_stated", "clarify_report",
+    "confusion_matrix", "exact_match", "factual_consistency", "is_clarifying_question",
+    "level_label", "level_type", "mc_accuracy", "mc_prompt", "normalize_text", "over_asking_rate", "parse_mc_digit",
     "response_type_accuracy", "rouge1", "rouge_l", "rouge_tokens", "shuffle_choices",
     "strategic_accuracy", "token_f1", "under_clarifying_rate",
 ]
@@ -159,6 +159,41 @@ def rouge_l(pred: str | None, gold: str | Sequence[str] | None) -> float:
     p = rouge_tokens(pred)
     return max(_fmeasure(_lcs(p, gt), len(p), len(gt))
                for gt in (rouge_tokens(g) for g in _golds(gold)))
+
+
+# --------------------------------------------------------------------------- short answers
+
+
+def answer_stated(response: str | None, answer: str, distractors: Sequence[str] = ()) -> float:
+    """1.0 if the normalized response contains the normalized short ``answer`` as whole
+    words and none of the ``distractors`` (other answers that would also fit the question's
+    form, e.g. the other colours in the image), else 0.0. Unlike exact match this scores a
+    sentence ("You are referring to the triangle on the left: it is red.") by the fact it
+    states, and a hedge that names two colours as wrong.
+
+    >>> answer_stated("The Triangle is RED.", "red", ["blue"])
+    1.0
+    >>> answer_stated("It is red or blue.", "red", ["blue"])
+    0.0
+    """
+    words = f" {normalize_text(response)} "
+    gold = normalize_text(answer)
+    if not gold or f" {gold} " not in words:
+        return 0.0
+    rest = words.replace(f" {gold} ", "  ")  # a rival inside the gold ("red" in "dark red") is no rival
+    rivals = [r for r in map(normalize_text, distractors) if r and r != gold]
+    return float(not any(f" {r} " in rest for r in rivals))
+
+
+def answer_accuracy(responses: Sequence[str | None], answers: Sequence[str | None],
+                    distractors: Sequence[Sequence[str]] | None = None) -> float | None:
+    """Mean :func:`answer_stated` over the samples that have a gold short answer (``None``
+    answers, e.g. ambiguous questions, are left out); ``None`` when no sample has one."""
+    if len(responses) != len(answers) or (distractors is not None and len(distractors) != len(answers)):
+        raise ValueError("responses, answers and distractors must have the same length")
+    distractors = distractors if distractors is not None else [()] * len(answers)
+    return _mean([answer_stated(r, a, d) for r, a, d in zip(responses, answers, distractors)
+                  if a is not None])
 
 
 # --------------------------------------------------------------------------- response type
@@ -371,6 +406,7 @@ def _group_metrics(records: list[dict]) -> dict:
     mc = [(r["mc_pred"], r["mc_gold"]) for r in records
           if "mc_pred" in r and r.get("mc_gold") is not None]
     flags = [r.get("distortion") for r in records]
+    answers = [r.get("answer") for r in records]
     return {
         "n": len(records),
         "strategic_accuracy": strategic_accuracy(gold, pred)["overall"],
@@ -384,6 +420,8 @@ def _group_metrics(records: list[dict]) -> dict:
         "over_asking_rate": over_asking_rate(gold, pred),
         "under_clarifying_rate": under_clarifying_rate(gold, pred),
         "factual_consistency": factual_consistency(flags),
+        "answer_accuracy": answer_accuracy(responses, answers,
+                                           [r.get("distractors") or () for r in records]),
         "judged_distortion": sum(f is not None for f in flags),
         "mc_accuracy": mc_accuracy([p for p, _ in mc], [g for _, g in mc]) if mc else None,
         "no_strategy": sum(level_label(p) is None for p in pred),
@@ -398,13 +436,15 @@ def clarify_report(records: Sequence[dict]) -> dict:
             (the judged strategy or ``None``), ``type`` ("ambig"/"unambig"; derived from
             the gold level when missing), ``response`` (model output), ``reference`` (gold
             reference response; text metrics skip records without one), ``distortion``
-            (``True`` distorted / ``False`` / ``None`` not judged); optionally ``mc_pred``
-            (digit or reply text) and ``mc_gold`` (1-based, shuffled order).
+            (``True`` distorted / ``False`` / ``None`` not judged); optionally ``answer``
+            (gold short answer of an unambiguous question) with ``distractors`` (see
+            :func:`answer_accuracy`), ``mc_pred`` (digit or reply text) and ``mc_gold``
+            (1-based, shuffled order).
 
     Returns:
         ``{"groups": {"all"|"ambig"|"unambig"|"L0".."L3": {n, strategic_accuracy,
         exact_match, token_f1, rouge1, rouge_l, rta, rta_judge, over_asking_rate,
-        under_clarifying_rate, factual_consistency, judged_distortion, mc_accuracy,
+        under_clarifying_rate, factual_consistency, answer_accuracy, judged_distortion, mc_accuracy,
         no_strategy}}, "strategic_accuracy": {"overall", "per_level", ...},
         "confusion_matrix": {"rows": [...], "columns": [... "none"], "matrix": [[...]]},
         "over_asking_rate", "under_clarifying_rate"}``. Rates of empty groups are ``None``;

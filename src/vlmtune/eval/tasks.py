@@ -163,8 +163,10 @@ class ClarifyTask:
                 if isinstance(sample.meta.get("references"), dict) else None
             if reference is None:
                 reference = reference_text(sample)
+            answer, distractors = _short_answer(sample.meta)
             row = {"gold_level": gold, "pred_level": pred, "type": kind, "response": response,
-                   "reference": reference, "distortion": distortion}
+                   "reference": reference, "distortion": distortion, "answer": answer,
+                   "distractors": distractors}
             metric_rows.append(row)
             records.append({
                 "level": gold, "type": kind, "gold": gold, "pred": pred,
@@ -182,6 +184,15 @@ class ClarifyTask:
         agg["judge_stats"] = getattr(self, "judge_stats", {})
         agg["n_without_level"] = sum(1 for r in records if r["gold"] is None)
         return records, agg
+
+
+def _short_answer(meta: dict) -> tuple[str | None, list[str]]:
+    """Gold short answer of a clarify sample (its ``answer``, e.g. the target's colour) and
+    the colours of the image's other shapes as distractors (from ``scene`` when present)."""
+    answer = meta.get("answer")
+    scene = meta.get("scene") if isinstance(meta.get("scene"), list) else []
+    others = sorted({o.get("colour") for o in scene if isinstance(o, dict) and o.get("colour")} - {answer})
+    return answer, others
 
 
 class MCQTask:
