@@ -7,7 +7,7 @@ strategic accuracy overall and per level, and answer accuracy (the gold colour s
 for unambiguous questions: whether the model reads the asked shape at all). Use it to see
 what a longer budget than ``make demo`` buys, or to compare model shapes and batch sizes.
 
-    python benchmarks/clarify_budget.py --steps 2000 --batch 64 --eval-every 250 --patch 28
+    python benchmarks/clarify_budget.py --steps 2000 --batch 64 --eval-every 250
 
 Minutes are wall time measured from the start of SFT to each checkpoint's write, so they
 depend on the machine and on whatever else runs on it.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vlmtune.config import load_recipe
 from vlmtune.data.clarify import make_clarify_dataset
-from vlmtune.demo import DemoSettings, build_demo_model
+from vlmtune.demo import DemoSettings, build_demo_model, sft_data, warm_up_demo_vision
 from vlmtune.eval.run import run_eval
 from vlmtune.train.checkpoint import checkpoints
 from vlmtune.train.sft import run_sft
@@ -55,17 +55,24 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=24000)
     ap.add_argument("--n-eval", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--patch", type=int, default=None, help="vision patch size (28: one token per grid cell)")
+    ap.add_argument("--patch", type=int, default=28, help="vision patch size (28: one token per grid cell)")
+    ap.add_argument("--counting-share", type=float, default=1.0, help="counting questions per training image")
+    ap.add_argument("--vision-warmup", type=int, default=300, help="vision warm-up steps (0 = none)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="clarify-budget-"))
-    s = DemoSettings(n_train=args.n_train, n_eval=args.n_eval, vision_patch=args.patch)
-    data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval)
+    s = DemoSettings(n_train=args.n_train, n_eval=args.n_eval, vision_patch=args.patch,
+                     counting_share=args.counting_share, vision_warmup_steps=args.vision_warmup)
+    data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval,
+                                counting_share=s.counting_share)
     model = build_demo_model(out / "model", s)
+    if s.vision_warmup_steps:
+        warm_up_demo_vision(model, data["train"], s)
+    train_path = sft_data(data, out / "data" / "sft_train.jsonl")
     run_dir = out / "sft"
     started = time.time()
     run_sft(load_recipe(None, [
-        f"model.path={model}", f"data.train_path={data['train']}", f"output.dir={run_dir}", "train.mode=full",
+        f"model.path={model}", f"data.train_path={train_path}", f"output.dir={run_dir}", "train.mode=full",
         "freeze.vision=false", "freeze.projector=false", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.warmup_steps=50", "train.scheduler=cosine",
         f"train.save_every={args.eval_every}", "train.keep_last=1000", "train.max_length=1024"]), show_progress=True)

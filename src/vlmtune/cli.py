@@ -91,6 +91,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=168)
     p.add_argument("--prompt-variant", type=int, choices=[0, 1, 2], default=0,
                    help="clarify: no / short / long system prompt")
+    p.add_argument("--counting-share", type=float, default=0.0,
+                   help="clarify: counting questions per training image (0-1) in counting.jsonl")
 
 
 @verb("synth", "write a synthetic data set in the canonical format", _synth_args)
@@ -99,7 +101,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         from vlmtune.data.clarify import make_clarify_dataset
 
         paths = make_clarify_dataset(args.out, args.n, seed=args.seed, eval_n=args.eval_n or None,
-                                     image_size=args.image_size, prompt_variant=args.prompt_variant)
+                                     image_size=args.image_size, prompt_variant=args.prompt_variant,
+                                     counting_share=args.counting_share)
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 0

@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["DemoSettings", "FAST", "FULL", "build_demo_model", "run_demo"]
+__all__ = ["DemoSettings", "FAST", "FULL", "build_demo_model", "run_demo", "sft_data", "warm_up_demo_vision"]
 
 STAGES = ("baseline", "sft", "grpo")
 LEVELS = ("L0", "L1", "L2", "L3")
@@ -51,13 +51,18 @@ class DemoSettings:
     image_size: int = 168
     seed: int = 0
     # model shape (edits of the tiny Qwen2-VL config; None = factory value)
-    vision_patch: int | None = None  # 28 at 168 px: one merged image token per grid cell
+    vision_patch: int | None = 28  # 28 at 168 px: one merged image token per grid cell
     vision_depth: int | None = None
     vision_width: int | None = None
     text_layers: int | None = None
+    # data: counting questions per training image, trained with the clarify samples
+    counting_share: float = 1.0
+    # vision warm-up (stands in for a pretrained vision encoder; 0 = none)
+    vision_warmup_steps: int = 300
+    vision_warmup_batch: int = 32
     # SFT
-    sft_steps: int = 1700
-    sft_batch: int = 16
+    sft_steps: int = 550
+    sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_warmup: int = 50
     # GRPO (from the SFT weights)
@@ -73,7 +78,8 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-FAST = DemoSettings(n_train=32, n_eval=16, sft_steps=8, sft_batch=4, sft_warmup=2, grpo_steps=2,
+FAST = DemoSettings(n_train=32, n_eval=16, vision_warmup_steps=2, vision_warmup_batch=4,
+                    sft_steps=8, sft_batch=4, sft_warmup=2, grpo_steps=2,
                     grpo_generations=2, grpo_prompts_per_step=2, grpo_max_new_tokens=24,
                     eval_batch=16, eval_max_new_tokens=24)
 
@@ -113,6 +119,55 @@ def build_demo_model(out: Path, s: DemoSettings) -> Path:
     for f in out.glob("model*.safetensors*"):
         f.unlink()
     model.save_pretrained(out)
+    return out
+
+
+def warm_up_demo_vision(model_dir: Path, train_path: Path, s: DemoSettings) -> dict[str, Any]:
+    """Train the demo model's vision tower on each image token's cell (shape type, colour),
+    from the scene facts of the training samples; saves the model back in place."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmtune.data.clarify import COLOURS, TYPES, cell_labels
+    from vlmtune.data.readers import read_samples
+    from vlmtune.train.vision_warmup import warm_up_vision
+
+    samples, _ = read_samples(train_path)
+    scenes = [x.meta["scene"] for x in samples]
+    images = _LazyImages(samples)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    torch.manual_seed(s.seed)
+    result = warm_up_vision(model, processor, images, lambda i, h, w: cell_labels(scenes[i], h, w),
+                            (len(TYPES) + 1, len(COLOURS) + 1), steps=s.vision_warmup_steps,
+                            batch_size=s.vision_warmup_batch, seed=s.seed)
+    for f in model_dir.glob("model*.safetensors*"):
+        f.unlink()
+    model.save_pretrained(model_dir)
+    return result
+
+
+class _LazyImages:
+    """Index -> the sample's first image, decoded when asked for (6,000 images stay on disk)."""
+
+    def __init__(self, samples: list) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.samples[i].load_images()[0]
+
+
+def sft_data(data: dict[str, Path], out: Path) -> Path:
+    """The clarify training samples followed by the counting questions, in one file
+    (SFT shuffles); the image paths of both are relative to the same folder."""
+    if "counting" not in data:
+        return data["train"]
+    with out.open("w", encoding="utf-8") as f:
+        for part in (data["train"], data["counting"]):
+            f.write(part.read_text(encoding="utf-8"))
     return out
 
 
@@ -166,7 +221,8 @@ def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, An
 def _table(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stage")
-    for col in (*LEVELS, "overall", "reward mean", "answer acc.", "time (s)"):
+    table.caption = "reward: mean aqua reward; answer: target colour stated (L0/L1); s: stage seconds"
+    for col in (*LEVELS, "overall", "reward", "answer", "s"):
         table.add_column(col, justify="right")
     for stage in STAGES:
         row = summary[stage]
@@ -208,9 +264,18 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     console.print(f"[bold]1/6[/] synthesizing {s.n_train} + {s.n_eval} clarify samples ({s.image_size} px, "
                   f"prompt variant {prompt_variant})")
     data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval,
-                                image_size=s.image_size, prompt_variant=prompt_variant)
+                                image_size=s.image_size, prompt_variant=prompt_variant,
+                                counting_share=s.counting_share)
     model = build_demo_model(out / "tiny-qwen2_vl", s)
     tick = mark("setup", tick)
+    warmup: dict[str, Any] = {}
+    if s.vision_warmup_steps:
+        console.print(f"[bold]1b/6[/] vision warm-up: {s.vision_warmup_steps} steps x {s.vision_warmup_batch} "
+                      "images, each image token -> its cell's shape type and colour (no text, no levels)")
+        warmup = warm_up_demo_vision(model, data["train"], s)
+        console.print(f"  per-token accuracy: type {100 * warmup['accuracy'][0]:.1f}%, "
+                      f"colour {100 * warmup['accuracy'][1]:.1f}%")
+        tick = mark("vision_warmup", tick)
 
     stages: dict[str, tuple[list[dict], dict]] = {}
     summary: dict[str, Any] = {}
@@ -226,15 +291,16 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
                       f"reward {reward:.3f}")
         return now
 
-    console.print("[bold]2/6[/] baseline eval (random weights)")
+    console.print("[bold]2/6[/] baseline eval (language model still random)")
     tick = evaluate("baseline", model, tick)
 
     console.print(f"[bold]3/6[/] SFT: {s.sft_steps} steps x {s.sft_batch} samples, lr {s.sft_lr}, full, "
-                  "vision tower trained")
+                  "vision tower trained; clarify samples + counting questions")
+    sft_train = sft_data(data, out / "data" / "sft_train.jsonl")
     common = ["train.mode=full", "freeze.vision=false", "freeze.projector=false", "freeze.language=false",
               f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10", "train.save_every=425", "train.keep_last=4"]
     sft_recipe = load_recipe(None, [
-        f"model.path={model}", f"data.train_path={data['train']}", f"output.dir={out / 'sft'}", *common,
+        f"model.path={model}", f"data.train_path={sft_train}", f"output.dir={out / 'sft'}", *common,
         f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
         f"train.warmup_steps={s.sft_warmup}", "train.scheduler=cosine"])
     sft_summary = run_sft(sft_recipe, show_progress=True)
@@ -259,7 +325,7 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     summary["timings"] = timings
     summary["settings"] = {**asdict(s), "fast": fast, "prompt_variant": prompt_variant}
-    summary["train"] = {"sft_loss_last": sft_summary.get("train_loss_last"),
+    summary["train"] = {"vision_warmup": warmup, "sft_loss_last": sft_summary.get("train_loss_last"),
                         "sft_eval_loss": sft_summary.get("eval_loss"),
                         "grpo_train_reward_last": grpo_summary.get("reward_mean_last"),
                         "grpo_train_reward_curve": _grpo_rewards(out / "grpo")}

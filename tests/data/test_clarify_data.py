@@ -8,7 +8,8 @@ from collections import Counter, defaultdict
 import pytest
 from PIL import Image
 
-from vlmtune.data.clarify import COLOURS, LEVELS, SYSTEM_PROMPTS, TYPES, make_clarify_dataset
+from vlmtune.data.clarify import (
+    COLOURS, LEVELS, SYSTEM_PROMPTS, TYPES, cell_labels, count_sentence, make_clarify_dataset)
 from vlmtune.data.readers import read_samples
 from vlmtune.rewards.clarify import rule_distorts, rule_strategy
 
@@ -316,3 +317,61 @@ def test_abl_and_aqua_files(data):
         m = by_id[row["id"]]
         assert row["level"] == int(m["level"][1]) and row["response"] == m["references"][m["level"]]
         assert row["question"] == m["question"] and (out / row["image"]).is_file()
+
+
+# --------------------------------------------------------------------------- count-first + counting
+
+
+def test_every_reference_starts_with_the_true_count(data):
+    for s in data["train"][:200]:
+        m = s.meta
+        first = count_sentence(m["target_type"], m["count"])
+        for level, ref in m["references"].items():
+            if ref is not None:
+                assert ref.startswith(first.rstrip(".")), (level, ref, first)
+
+
+def test_count_sentence():
+    assert count_sentence("cross", 1) == "There is one cross."
+    assert count_sentence("cross", 4) == "There are four crosses."
+    with pytest.raises(KeyError):
+        count_sentence("cross", 9)
+
+
+def test_counting_questions(tmp_path):
+    paths = make_clarify_dataset(tmp_path / "a", 40, seed=1, eval_n=8, image_size=84, counting_share=0.5)
+    counting, bad = read_samples(paths["counting"])
+    train, _ = read_samples(paths["train"])
+    assert bad.total == 0 and 8 <= len(counting) <= 32  # ~20 expected of 40 at share 0.5
+    by_id = {s.meta["id"]: s for s in train}
+    for q in counting:
+        source = by_id[q.meta["id"].removesuffix("-count")]
+        assert q.images[0] == source.images[0]  # same picture, no new scene
+        types = [o["type"] for o in source.meta["scene"]]
+        assert q.meta["target_type"] in types and q.meta["count"] == types.count(q.meta["target_type"])
+        assert q.messages[-1]["content"][0]["text"] == count_sentence(q.meta["target_type"], q.meta["count"])
+        assert q.meta["split"] == "train"
+    # the asked type is drawn from the scene's types, whatever their count: all counts occur
+    assert {q.meta["count"] for q in counting} >= {1, 4}
+    # deterministic, and the clarify files do not depend on the counting share
+    again = make_clarify_dataset(tmp_path / "b", 40, seed=1, eval_n=8, image_size=84, counting_share=0.5)
+    assert again["counting"].read_bytes() == paths["counting"].read_bytes()
+    none = make_clarify_dataset(tmp_path / "c", 40, seed=1, eval_n=8, image_size=84)
+    assert "counting" not in none and none["train"].read_bytes() == paths["train"].read_bytes()
+    with pytest.raises(ValueError, match="counting_share"):
+        make_clarify_dataset(tmp_path / "d", 4, counting_share=1.5)
+
+
+def test_cell_labels_follow_the_grid():
+    scene = [{"type": "star", "colour": "red", "cell": [0, 0]},
+             {"type": "cross", "colour": "black", "cell": [2, 1]}]
+    empty_t, empty_c = len(TYPES), len(COLOURS)
+    star, cross = TYPES.index("star"), TYPES.index("cross")
+    red, black = list(COLOURS).index("red"), list(COLOURS).index("black")
+    types, colours = cell_labels(scene, 3, 3)  # one token per cell
+    assert types == [star, empty_t, empty_t, empty_t, empty_t, empty_t, empty_t, cross, empty_t]
+    assert colours[0] == red and colours[7] == black and colours[4] == empty_c
+    types, _ = cell_labels(scene, 6, 6)  # 2x2 tokens per cell
+    assert [types[r * 6 + c] for r in (0, 1) for c in (0, 1)] == [star] * 4
+    assert [types[r * 6 + c] for r in (4, 5) for c in (2, 3)] == [cross] * 4
+    assert types.count(empty_t) == 36 - 8

@@ -44,6 +44,10 @@ class ScriptedJudge:
     ("Based on the conversation, you mean the red cup; it is full.", 1),
     ("It is full.", 0), ("The red cup is full.", 0),
     ("the cup which is red is full", 0),  # "which" mid-sentence is not a question
+    # two items of the asked kind with wrong colours: still an enumeration (a distorted one)
+    ("There are two cups: a green cup on the left and an old green cup on the right.", 2),
+    ("There is one cup. It is a green cup.", 0),  # one item is no enumeration
+    ("A cup and a plate.", 0),  # items of another kind do not count
 ])
 def test_rule_strategy(response, level):
     assert rule_strategy(response, CANDS) == level

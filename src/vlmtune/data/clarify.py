@@ -12,16 +12,29 @@ the phrase singles one out:
 ========  =========================================  ======================================
 level     image / question                           reference response (assistant turn)
 ========  =========================================  ======================================
-L0        exactly one shape of the asked type,       "The triangle is red." /
-          with or without a phrase                   "The triangle on the left is red."
-L1        2–5 of the type, the phrase picks          "You are referring to the triangle on
-          exactly one of them                        the left: it is red."
+L0        exactly one shape of the asked type,       "There is one triangle. It is red."
+          with or without a phrase
+L1        2–5 of the type, the phrase picks          "There are three triangles. You are
+          exactly one of them                        referring to the triangle on the
+                                                     left: it is red."
 L2        2–3 of the type, no phrase                 "There are two triangles: a red
                                                      triangle at the top left and a blue
                                                      triangle in the centre."
-L3        4–5 of the type, no phrase                 "There are several triangles. Which
-                                                     one do you mean?"
+L3        4–5 of the type, no phrase                 "There are four triangles. Which one
+                                                     do you mean?"
 ========  =========================================  ======================================
+
+Every response first states how many shapes of the asked type the image holds, then acts
+on that count: the strategy is a function of the count (and of the phrase), and the
+count is said where the model can see it. A small model trained from scratch does not
+learn the decision when it has to be taken in the first word with nothing said before
+it (docs/clarify.md, "What limits it").
+
+**Counting questions (auxiliary task).** With ``counting_share`` > 0 the train split also
+gets ``counting.jsonl``: for a share of the training images, "How many triangles are
+there?" about a type drawn uniformly from the types in the image (level-blind), answered
+with the same count sentence the clarify responses start with ("There are four
+triangles."). They share the clarify images and never enter the eval split.
 
 **Labelling rule for questions with a phrase.** A phrase question is L0 when the asked
 type occurs once (the phrase is redundant but true) and L1 when it occurs two or more
@@ -85,7 +98,7 @@ from vlmtune.data.writers import write_jsonl
 
 __all__ = [
     "COLOURS", "LEVELS", "PHRASE_KINDS", "SYSTEM_PROMPTS", "TYPES", "clarify_samples",
-    "draw_scene", "make_clarify_dataset",
+    "cell_labels", "count_sentence", "draw_scene", "make_clarify_dataset",
 ]
 
 LEVELS = ("L0", "L1", "L2", "L3")
@@ -108,6 +121,7 @@ CELL_POSITIONS = (("at the top left", "at the top centre", "at the top right"),
 """Cell names used in enumerations and facts (distinct from the question phrases, which
 name a whole column or row: "on the left" = any cell of the left column)."""
 COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+COUNT_QUESTION = "How many {plural} are there?"
 QUESTION_TEMPLATES = ("What colour is {ref}?", "What is the colour of {ref}?",
                       "Which colour does {ref} have?")
 
@@ -133,7 +147,8 @@ SYSTEM_PROMPTS = (
 
 
 def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int | None = None,
-                         image_size: int = 168, prompt_variant: int = 0) -> dict[str, Path]:
+                         image_size: int = 168, prompt_variant: int = 0,
+                         counting_share: float = 0.0) -> dict[str, Path]:
     """Write the clarify task: canonical train/eval JSONL + PNGs and ABL/AQuA-like files.
 
     Args:
@@ -147,13 +162,17 @@ def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int
             tiny Qwen-VL models).
         prompt_variant: 0 no system prompt, 1 short rule prompt, 2 long rule prompt
             (see :data:`SYSTEM_PROMPTS`); only the canonical files depend on it.
+        counting_share: Expected counting questions per training image (0–1), written to
+            ``counting.jsonl`` (the auxiliary task of the module docstring); 0 = no file.
 
     Returns:
-        ``{"train", "eval" (if written), "abl_ambiguous", "abl_unambiguous", "aqua",
-        "images"}`` -> paths.
+        ``{"train", "eval" (if written), "counting" (if written), "abl_ambiguous",
+        "abl_unambiguous", "aqua", "images"}`` -> paths.
     """
     if prompt_variant not in (0, 1, 2):
         raise ValueError(f"prompt_variant must be 0, 1 or 2, got {prompt_variant!r}")
+    if not 0.0 <= counting_share <= 1.0:
+        raise ValueError(f"counting_share must be between 0 and 1, got {counting_share!r}")
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +191,10 @@ def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int
             rows.append((saved[-1], path))
         paths[split] = out_dir / f"{split}.jsonl"
         write_jsonl(saved, paths[split], image_dir=image_dir)
+        if split == "train" and counting_share > 0:
+            paths["counting"] = out_dir / "counting.jsonl"
+            write_jsonl(list(_counting_questions(saved, counting_share, seed)), paths["counting"],
+                        image_dir=image_dir)
     paths.update(_write_schema_files(rows, out_dir))
     paths["images"] = image_dir
     return paths
@@ -210,6 +233,42 @@ def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "
             {"role": "assistant", "content": [{"type": "text", "text": meta["references"][level]}]},
         ]
         yield Sample(messages=messages, images=[image], meta=meta)
+
+
+def _counting_questions(samples: list[Sample], share: float, seed: int) -> Iterator[Sample]:
+    """"How many triangles are there?" about a type drawn uniformly from each chosen image's
+    types, answered with :func:`count_sentence`; same system prompt and image as the sample."""
+    rng = random.Random(f"clarify-counting-{seed}")
+    for sample in samples:
+        if rng.random() >= share:
+            continue
+        scene = sample.meta["scene"]
+        t = rng.choice(sorted({o["type"] for o in scene}))
+        n = sum(o["type"] == t for o in scene)
+        question = COUNT_QUESTION.format(plural=PLURALS[t])
+        messages = [m for m in sample.messages if m["role"] == "system"] + [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": count_sentence(t, n)}]},
+        ]
+        meta = {"task": "counting", "split": sample.meta["split"], "id": f"{sample.meta['id']}-count",
+                "question": question, "target_type": t, "count": n}
+        yield Sample(messages=messages, images=sample.images, meta=meta)
+
+
+def cell_labels(scene: list[dict], rows: int, cols: int) -> tuple[list[int], list[int]]:
+    """Per image token of a ``rows`` × ``cols`` grid (row-major): the shape type (index in
+    :data:`TYPES`, ``len(TYPES)`` for an empty cell) and colour (index in :data:`COLOURS`,
+    ``len(COLOURS)`` for empty) of the scene cell the token lies in. Labels for
+    :func:`vlmtune.train.vision_warmup.warm_up_vision`."""
+    by_cell = {tuple(o["cell"]): o for o in scene}
+    colours = list(COLOURS)
+    types, tints = [], []
+    for r in range(rows):
+        for c in range(cols):
+            o = by_cell.get((r * GRID // rows, c * GRID // cols))
+            types.append(TYPES.index(o["type"]) if o else len(TYPES))
+            tints.append(colours.index(o["colour"]) if o else len(COLOURS))
+    return types, tints
 
 
 def draw_scene(scene: list[dict], background: tuple[int, int, int], size: int) -> Image.Image:
@@ -361,31 +420,34 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def count_sentence(t: str, n: int) -> str:
+    """"There is one triangle." / "There are four triangles." (n >= 1)."""
+    return f"There is one {t}." if n == 1 else f"There are {COUNT_WORDS[n]} {PLURALS[t]}."
+
+
 def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
     """One reference response per strategy, each classified as its level by
-    :func:`vlmtune.rewards.clarify.rule_strategy` with the sample's candidates."""
+    :func:`vlmtune.rewards.clarify.rule_strategy` with the sample's candidates. Every
+    response first states how many shapes of the asked type the image holds (the evidence
+    the strategy rests on), then acts on it."""
     t, phrase = item["type"], item["phrase"]
     members = [o for o in scene if o["type"] == t]
     target = scene[item["target"]]
     ref = _referring(t, phrase)
+    count = count_sentence(t, len(members))
     if phrase is not None:
-        l1 = f"You are referring to {ref}: it is {target['colour']}."
+        l1 = f"{count} You are referring to {ref}: it is {target['colour']}."
     elif len(members) == 1:
-        l1 = f"You are referring to the only {t}: it is {target['colour']}."
+        l1 = f"{count} You are referring to the only {t}: it is {target['colour']}."
     else:
-        l1 = (f"You are most likely referring to the {t} {target['position']}: "
+        l1 = (f"{count} You are most likely referring to the {t} {target['position']}: "
               f"it is {target['colour']}.")
     l2 = None
     if len(members) >= 2:
         listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]
         l2 = f"There are {COUNT_WORDS[len(members)]} {PLURALS[t]}: {_join(listed)}."
-    if len(members) >= 4:
-        l3 = f"There are several {PLURALS[t]}. Which one do you mean?"
-    elif len(members) >= 2:
-        l3 = f"There are {COUNT_WORDS[len(members)]} {PLURALS[t]}. Which one do you mean?"
-    else:
-        l3 = f"Which {t} do you mean?"
-    return {"L0": f"{ref[0].upper()}{ref[1:]} is {target['colour']}.", "L1": l1, "L2": l2, "L3": l3}
+    return {"L0": f"{count} It is {target['colour']}.", "L1": l1, "L2": l2,
+            "L3": f"{count} Which one do you mean?"}
 
 
 def _meta(scene: list[dict], item: dict, level: str, split: str, sid: str,

@@ -175,17 +175,26 @@ def _mentions(text: str, term: str) -> bool:
     return bool(term) and re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text.lower()) is not None
 
 
+def _kind_items(text: str, candidates: Sequence[str]) -> int:
+    """Indefinite mentions of the candidates' head noun: "a red cup", "an old blue cup"."""
+    nouns = {c.strip().lower().split()[-1] for c in candidates if c.strip()}
+    return sum(len(re.findall(rf"\b(?:a|an)\s+(?:[\w-]+\s+){{1,2}}{re.escape(n)}\b", text.lower()))
+               for n in nouns)
+
+
 def rule_strategy(response: str, candidates: Sequence[str] = ()) -> int:
     """Classify a response's strategy by text rules: -1 none (empty), 3 asks (a question mark,
-    "which …", "do you mean"), 2 enumerates (mentions ≥2 candidates or lists ≥2 items),
-    1 resolves from context ("based on", "refers to", …), else 0 direct answer."""
+    "which …", "do you mean"), 2 enumerates (mentions ≥2 candidates, lists ≥2 items, or
+    names ≥2 items of the candidates' kind — "a red cup … and a green cup" — whether or
+    not their attributes are right: that is the distortion check's business), 1 resolves
+    from context ("based on", "refers to", …), else 0 direct answer."""
     text = (response or "").strip()
     if not text:
         return -1
     if "?" in text or _ASK.search(text):
         return 3
     named = {c.strip().lower() for c in candidates if _mentions(text, c)}
-    if len(named) >= 2 or len(_LIST_ITEM.findall(text)) >= 2:
+    if len(named) >= 2 or len(_LIST_ITEM.findall(text)) >= 2 or _kind_items(text, candidates) >= 2:
         return 2
     if _RESOLVE.search(text):
         return 1
