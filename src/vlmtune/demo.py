@@ -61,7 +61,7 @@ class DemoSettings:
     vision_warmup_steps: int = 300
     vision_warmup_batch: int = 32
     # SFT
-    sft_steps: int = 550
+    sft_steps: int = 600
     sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_warmup: int = 50

@@ -1,8 +1,12 @@
 """Training data: read, validate, render-check and hold samples for the engines.
 
-Rendering (image decoding + processor) happens lazily per access; a pre-pass renders
-every sample once to drop, and count, those that are too long or fail to render, so a
-bad row is reported before the first step instead of crashing step 5,000.
+A pre-pass renders every sample once to drop, and count, those that are too long or fail
+to render, so a bad row is reported before the first step instead of crashing step 5,000.
+The text part of that render (token ids, labels, masks: small) is kept, so an access only
+decodes the images and runs the image processor; the chat template and the tokenizer,
+about two thirds of a render for a short sample with a small image, run once per sample.
+Whether the family's image processor alone gives the same tensors as its full processor
+is checked on the first sample; where it does not, every access renders in full.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ from vlmtune.data.report import BadRows
 from vlmtune.data.sample import BadSample, Sample
 
 
+MAX_KEPT_TOKENS = 50_000_000
+"""Above this many tokens in a dataset (~1.2 GB of ids, mask and labels) nothing is kept."""
+
+
 @dataclass
 class RenderedDataset:
-    """Samples that render within ``max_length``; ``__getitem__`` renders on access."""
+    """Samples that render within ``max_length``; ``__getitem__`` renders on access, from
+    the kept text part when ``text_parts`` holds one (see the module docstring)."""
 
     samples: list[Sample]
     processor: Any
@@ -30,13 +39,33 @@ class RenderedDataset:
     loss_on: str = "all_assistant"
     system_prompt: str | None = None
     lengths: list[int] = field(default_factory=list)
+    text_parts: list[dict[str, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.text_parts is None:
+            return self.render(i)
+        return {**self.text_parts[i], **_image_part(self.samples[i], self.processor)}
+
+    def render(self, i: int) -> dict[str, torch.Tensor]:
+        """The full render of sample ``i`` (template, tokenizer and image processor)."""
         return render(self.samples[i], self.processor, max_length=self.max_length,
                       loss_on=self.loss_on, system_prompt=self.system_prompt)
+
+
+def _image_part(sample: Sample, processor: Any) -> dict[str, torch.Tensor]:
+    images = sample.load_images()
+    if not images:
+        return {}
+    return dict(processor.image_processor(images=images, return_tensors="pt"))
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if set(a) != set(b):
+        return False
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
 def _location(sample: Sample, index: int, file: str) -> tuple[str, int]:
@@ -47,7 +76,11 @@ def _location(sample: Sample, index: int, file: str) -> tuple[str, int]:
 def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length: int,
             bad_rows: BadRows, file: str, show_progress: bool = True) -> RenderedDataset:
     """Render every sample once; keep those that fit, count the rest by reason."""
-    kept, lengths = [], []
+    kept: list[Sample] = []
+    lengths: list[int] = []
+    text_parts: list[dict[str, torch.Tensor]] | None = []
+    image_keys: set[str] | None = None  # what the image processor makes, from the first image sample
+    kept_tokens = 0
     items = track(samples, description=f"checking {file}", disable=not show_progress, transient=True)
     for i, sample in enumerate(items):
         try:
@@ -67,10 +100,24 @@ def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length:
             else:
                 kept.append(sample)
                 lengths.append(enc["input_ids"].shape[-1])
+                if sample.images and image_keys is None:
+                    has_own = hasattr(processor, "image_processor")
+                    image_keys = set(_image_part(sample, processor)) if has_own else set()
+                kept_tokens += lengths[-1]
+                if text_parts is not None:
+                    text_parts.append({k: v for k, v in enc.items() if not (sample.images and k in image_keys)})
+                    if kept_tokens > MAX_KEPT_TOKENS:
+                        text_parts = None
                 continue
         src_file, row = _location(sample, i, file)
         bad_rows.add(src_file, row, reason, detail)
-    return RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
+    dataset = RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
+    if kept and text_parts is not None and (image_keys or image_keys is None):
+        dataset.text_parts = text_parts
+        first = next((i for i, x in enumerate(kept) if x.images), 0)
+        if not _same(dataset[first], dataset.render(first)):  # the image processor alone differs
+            dataset.text_parts = None
+    return dataset
 
 
 def split_train_eval(samples: list[Sample], val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
