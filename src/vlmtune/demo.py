@@ -1,8 +1,10 @@
 """``vlmtune demo``: the ambiguity-aware task end to end on a tiny model built on the spot.
 
-synthesize clarify data -> baseline eval -> SFT (full) -> eval -> GRPO from the SFT weights
-with the offline rule judge (``aqua`` reward) -> eval; then print a table of strategic
-accuracy per level and mean reward per stage, write ``OUT/summary.json`` and
+synthesize clarify data (+ counting questions) -> vision warm-up (per-token shape type and
+colour; :mod:`vlmtune.train.vision_warmup`) -> baseline eval -> SFT (full, clarify samples +
+counting questions) -> eval -> GRPO from the SFT weights with the offline rule judge
+(``aqua`` reward) -> eval; then print a table of strategic accuracy per level and mean
+reward per stage, write ``OUT/summary.json`` and
 ``OUT/report/index.html`` (the three stages side by side).
 
 ``summary.json`` (public contract)::
