@@ -112,6 +112,7 @@ def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length:
         src_file, row = _location(sample, i, file)
         bad_rows.add(src_file, row, reason, detail)
     dataset = RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
+    # image_keys == set(): images but no image processor of its own -> always render in full
     if kept and text_parts is not None and (image_keys or image_keys is None):
         dataset.text_parts = text_parts
         first = next((i for i, x in enumerate(kept) if x.images), 0)
