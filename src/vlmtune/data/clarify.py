@@ -445,7 +445,7 @@ def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
     l2 = None
     if len(members) >= 2:
         listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]
-        l2 = f"There are {COUNT_WORDS[len(members)]} {PLURALS[t]}: {_join(listed)}."
+        l2 = f"{count[:-1]}: {_join(listed)}."  # the count sentence, its full stop -> colon
     return {"L0": f"{count} It is {target['colour']}.", "L1": l1, "L2": l2,
             "L3": f"{count} Which one do you mean?"}
 
