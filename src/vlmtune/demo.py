@@ -48,7 +48,7 @@ LEVELS = ("L0", "L1", "L2", "L3")
 class DemoSettings:
     """Everything the demo's numbers depend on (see ``FULL`` and ``FAST``)."""
 
-    n_train: int = 6000
+    n_train: int = 12000
     n_eval: int = 200
     image_size: int = 168
     seed: int = 0
@@ -58,7 +58,7 @@ class DemoSettings:
     vision_width: int | None = None
     text_layers: int | None = None
     # data: counting questions per training image, trained with the clarify samples
-    counting_share: float = 1.0
+    counting_share: float = 0.0
     # vision warm-up (stands in for a pretrained vision encoder; 0 = none)
     vision_warmup_steps: int = 300
     vision_warmup_batch: int = 32

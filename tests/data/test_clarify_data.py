@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlmtune.data.clarify import (
-    COLOURS, LEVELS, SYSTEM_PROMPTS, TYPES, cell_labels, count_sentence, make_clarify_dataset)
+    COLOURS, COUNT_WORDS, LEVELS, SYSTEM_PROMPTS, TYPES, cell_labels, count_sentence, make_clarify_dataset)
 from vlmtune.data.readers import read_samples
 from vlmtune.rewards.clarify import rule_distorts, rule_strategy
 
@@ -319,16 +319,23 @@ def test_abl_and_aqua_files(data):
         assert row["question"] == m["question"] and (out / row["image"]).is_file()
 
 
-# --------------------------------------------------------------------------- count-first + counting
+# --------------------------------------------------------------------------- type-first + counting
 
 
-def test_every_reference_starts_with_the_true_count(data):
+STRATEGY_WORD = {"L0": " is ", "L1": " you ", "L2": ":", "L3": "?"}
+
+
+def test_every_reference_starts_with_the_type_then_its_strategy_word(data):
     for s in data["train"][:200]:
         m = s.meta
-        first = count_sentence(m["target_type"], m["count"])
+        head = f"The {m['target_type']}"
         for level, ref in m["references"].items():
             if ref is not None:
-                assert ref.startswith(first.rstrip(".")), (level, ref, first)
+                assert ref.startswith(head + STRATEGY_WORD[level]), (level, ref)
+        n = m["count"]
+        assert count_sentence(m["target_type"], n) in m["references"]["L3"]
+        if m["references"]["L2"] is not None:
+            assert m["references"]["L2"].startswith(f"{head}: there are {COUNT_WORDS[n]}, ")
 
 
 def test_count_sentence():

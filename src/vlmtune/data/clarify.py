@@ -12,29 +12,30 @@ the phrase singles one out:
 ========  =========================================  ======================================
 level     image / question                           reference response (assistant turn)
 ========  =========================================  ======================================
-L0        exactly one shape of the asked type,       "There is one triangle. It is red."
+L0        exactly one shape of the asked type,       "The triangle is red."
           with or without a phrase
-L1        2–5 of the type, the phrase picks          "There are three triangles. You are
-          exactly one of them                        referring to the triangle on the
-                                                     left: it is red."
-L2        2–3 of the type, no phrase                 "There are two triangles: a red
+L1        2–5 of the type, the phrase picks          "The triangle you are referring to is
+          exactly one of them                        the one on the left: it is red."
+L2        2–3 of the type, no phrase                 "The triangle: there are two, a red
                                                      triangle at the top left and a blue
                                                      triangle in the centre."
-L3        4–5 of the type, no phrase                 "There are four triangles. Which one
-                                                     do you mean?"
+L3        4–5 of the type, no phrase                 "The triangle? There are four
+                                                     triangles. Which one do you mean?"
 ========  =========================================  ======================================
 
-Every response first states how many shapes of the asked type the image holds, then acts
-on that count: the strategy is a function of the count (and of the phrase), and the
-count is said where the model can see it. A small model trained from scratch does not
-learn the decision when it has to be taken in the first word with nothing said before
-it (docs/clarify.md, "What limits it").
+Every response starts with the asked type ("The triangle", copied from the question), and
+the token right after the type word is the strategy (" is" / " you" / ":" / "?"). So the
+decision is taken at the position whose own input is the type word: one attention step
+from that word to the image tokens of its type (how many there are) decides it. A small
+model trained from scratch learns that lookup several times faster than one whose query
+must first fetch the type from the question (docs/clarify.md, "Why the responses start
+with the type").
 
 **Counting questions (auxiliary task).** With ``counting_share`` > 0 the train split also
 gets ``counting.jsonl``: for a share of the training images, "How many triangles are
 there?" about a type drawn uniformly from the types in the image (level-blind), answered
-with the same count sentence the clarify responses start with ("There are four
-triangles."). They share the clarify images and never enter the eval split.
+with the count sentence of the L3 reference ("There are four triangles."). They share the
+clarify images and never enter the eval split.
 
 **Labelling rule for questions with a phrase.** A phrase question is L0 when the asked
 type occurs once (the phrase is redundant but true) and L1 when it occurs two or more
@@ -428,26 +429,24 @@ def count_sentence(t: str, n: int) -> str:
 def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
     """One reference response per strategy, each classified as its level by
     :func:`vlmtune.rewards.clarify.rule_strategy` with the sample's candidates. Every
-    response first states how many shapes of the asked type the image holds (the evidence
-    the strategy rests on), then acts on it."""
+    response starts "The <asked type>", and the word right after the type word is the
+    strategy: " is" (answer), " you" (resolve), ":" (enumerate), "?" (ask)."""
     t, phrase = item["type"], item["phrase"]
     members = [o for o in scene if o["type"] == t]
-    target = scene[item["target"]]
-    ref = _referring(t, phrase)
-    count = count_sentence(t, len(members))
+    colour = scene[item["target"]]["colour"]
     if phrase is not None:
-        l1 = f"{count} You are referring to {ref}: it is {target['colour']}."
+        l1 = f"The {t} you are referring to is {_referring('one', phrase)}: it is {colour}."
     elif len(members) == 1:
-        l1 = f"{count} You are referring to the only {t}: it is {target['colour']}."
+        l1 = f"The {t} you are referring to is the only one: it is {colour}."
     else:
-        l1 = (f"{count} You are most likely referring to the {t} {target['position']}: "
-              f"it is {target['colour']}.")
+        l1 = (f"The {t} you are most likely referring to is the one {scene[item['target']]['position']}: "
+              f"it is {colour}.")
     l2 = None
     if len(members) >= 2:
         listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]
-        l2 = f"{count[:-1]}: {_join(listed)}."  # the count sentence, its full stop -> colon
-    return {"L0": f"{count} It is {target['colour']}.", "L1": l1, "L2": l2,
-            "L3": f"{count} Which one do you mean?"}
+        l2 = f"The {t}: there are {COUNT_WORDS[len(members)]}, {_join(listed)}."
+    return {"L0": f"The {t} is {colour}.", "L1": l1, "L2": l2,
+            "L3": f"The {t}? {count_sentence(t, len(members))} Which one do you mean?"}
 
 
 def _meta(scene: list[dict], item: dict, level: str, split: str, sid: str,
