@@ -1,9 +1,10 @@
 """``vlmtune demo``: the ambiguity-aware task end to end on a tiny model built on the spot.
 
-synthesize clarify data (+ counting questions) -> vision warm-up (per-token shape type and
-colour; :mod:`vlmtune.train.vision_warmup`) -> baseline eval -> SFT (full, clarify samples +
-counting questions) -> eval -> GRPO from the SFT weights with the offline rule judge
-(``aqua`` reward) -> eval; then print a table of strategic accuracy per level and mean
+synthesize clarify data (type-first references; optional counting questions) -> vision
+warm-up (per-token shape type and colour; :mod:`vlmtune.train.vision_warmup`) -> baseline
+eval -> SFT (full) -> eval -> GRPO from the SFT weights with the offline rule judge
+(``aqua`` reward; Dr. GRPO advantages, unscaled, so a colour slip (reward 1 vs 0.7) weighs
+a third of a wrong strategy (1 vs 0) instead of as much) -> eval; then print a table of strategic accuracy per level and mean
 reward per stage, write ``OUT/summary.json`` and
 ``OUT/report/index.html`` (the three stages side by side).
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,8 +72,8 @@ class DemoSettings:
     # GRPO (from the SFT weights)
     grpo_steps: int = 10
     grpo_lr: float = 2e-5
-    grpo_generations: int = 4
-    grpo_prompts_per_step: int = 4
+    grpo_generations: int = 8
+    grpo_prompts_per_step: int = 8
     grpo_temperature: float = 1.0
     grpo_max_new_tokens: int = 48
     # eval
@@ -297,10 +299,11 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     tick = evaluate("baseline", model, tick)
 
     console.print(f"[bold]3/6[/] SFT: {s.sft_steps} steps x {s.sft_batch} samples, lr {s.sft_lr}, full, "
-                  "vision tower trained; clarify samples + counting questions")
+                  "vision tower trained" + ("; clarify samples + counting questions" if s.counting_share else ""))
     sft_train = sft_data(data, out / "data" / "sft_train.jsonl")
     common = ["train.mode=full", "freeze.vision=false", "freeze.projector=false", "freeze.language=false",
-              f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10", "train.save_every=425", "train.keep_last=4"]
+              f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10", "train.save_every=425",
+              "train.keep_last=4", f"data.num_proc={min(4, os.cpu_count() or 1)}"]
     sft_recipe = load_recipe(None, [
         f"model.path={model}", f"data.train_path={sft_train}", f"output.dir={out / 'sft'}", *common,
         f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
@@ -316,7 +319,7 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
         *common, f"train.max_steps={s.grpo_steps}", f"train.lr={s.grpo_lr}", "train.scheduler=constant",
         "train.log_every=1", f"grpo.num_generations={s.grpo_generations}",
         f"grpo.prompts_per_step={s.grpo_prompts_per_step}", f"grpo.temperature={s.grpo_temperature}",
-        f"grpo.max_new_tokens={s.grpo_max_new_tokens}", "grpo.loss=grpo", "grpo.beta=0.0",
+        f"grpo.max_new_tokens={s.grpo_max_new_tokens}", "grpo.loss=dr_grpo", "grpo.scale=none", "grpo.beta=0.0",
         "rewards=[{fn: aqua, kwargs: {judge: rule}}]"])
     grpo_summary = run_grpo(grpo_recipe, show_progress=True)
     mark("grpo", tick)

@@ -60,3 +60,44 @@ def test_nothing_kept_above_the_token_budget(tiny_model_dir, monkeypatch):
     data = prepare(_samples(), processor, DataConfig(), 4096, BadRows(), "mem.jsonl", show_progress=False)
     assert data.text_parts is None
     _equal(data[1], data.render(1))
+
+
+def _mixed() -> list[Sample]:
+    """Good rows with a too-long row and a missing image between them."""
+    rows = _samples() * 3
+    rows.insert(2, Sample(messages=[{"role": "user", "content": _text("long " * 300)},
+                                    {"role": "assistant", "content": _text("Fine.")}]))
+    rows.insert(7, Sample(messages=rows[0].messages, images=["/nonexistent/vlmtune-missing.png"]))
+    return rows
+
+
+def test_parallel_pre_pass_equals_serial(tiny_model_dir, monkeypatch):
+    """``data.num_proc`` > 1 renders in spawned processes: same rows kept, same text parts,
+    same bad rows (row numbers and reasons) as the serial pre-pass."""
+    from transformers import AutoProcessor
+
+    monkeypatch.setattr(ds_mod, "PARALLEL_MIN_ROWS", 0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir("qwen2_vl"))
+    runs = {}
+    for n in (1, 2):
+        bad = BadRows()
+        runs[n] = (prepare(_mixed(), processor, DataConfig(num_proc=n), 256, bad, "mem.jsonl",
+                           show_progress=False), bad)
+    (serial, bad1), (parallel, bad2) = runs[1], runs[2]
+    assert len(serial) == len(parallel) == 12 and serial.lengths == parallel.lengths
+    for a, b in zip(serial.text_parts, parallel.text_parts):
+        _equal(a, b)
+    assert bad1.rows == bad2.rows and [(r.row, r.reason) for r in bad1.rows][0] == (2, "too_long")
+    assert len(bad1.rows) == 2 and bad1.rows[1].row == 7
+
+
+def test_parallel_pre_pass_stops_at_the_first_bad_row(tiny_model_dir, monkeypatch):
+    from transformers import AutoProcessor
+
+    from vlmtune.data.readers import DataError
+
+    monkeypatch.setattr(ds_mod, "PARALLEL_MIN_ROWS", 0)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir("qwen2_vl"))
+    with pytest.raises(DataError, match=r"mem.jsonl: row 2: too_long"):
+        prepare(_mixed(), processor, DataConfig(num_proc=2, on_too_long="error"), 256, BadRows(), "mem.jsonl",
+                show_progress=False)

@@ -24,6 +24,10 @@ from vlmtune.data.report import BadRows
 from vlmtune.data.sample import BadSample, Sample
 
 
+PARALLEL_MIN_ROWS = 500
+"""Below this many rows the pre-pass stays serial whatever ``data.num_proc`` says: starting
+a spawned worker (imports) costs about as much as rendering a few hundred samples."""
+
 MAX_KEPT_TOKENS = 50_000_000
 """Above this many tokens in a dataset (~1.2 GB of ids, mask and labels) nothing is kept."""
 
@@ -73,6 +77,70 @@ def _location(sample: Sample, index: int, file: str) -> tuple[str, int]:
     return source if source else (file, index)
 
 
+def _check(sample: Sample, processor: Any, data: DataConfig, max_length: int,
+           image_keys: set[str] | None) -> tuple[str, Any, Any]:
+    """Render one sample: ``("ok", enc, image_keys)`` or ``(reason, detail, image_keys)``
+    (``image_keys`` = what the image processor makes, found on the first image sample)."""
+    try:
+        enc = render(sample, processor, max_length=max_length, loss_on=data.loss_on,
+                     system_prompt=data.system_prompt)
+    except TooLong as exc:
+        return "too_long", str(exc), image_keys
+    except (RenderError, BadSample, OSError, ValueError) as exc:
+        return getattr(exc, "reason", "render_error"), str(exc), image_keys
+    if int((enc["labels"] != -100).sum()) == 0:
+        return "no_loss_tokens", "no token carries the loss", image_keys
+    if sample.images and image_keys is None:
+        image_keys = set(_image_part(sample, processor)) if hasattr(processor, "image_processor") else set()
+    text = {k: v for k, v in enc.items() if not (sample.images and k in image_keys)}
+    return "ok", text, image_keys
+
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(processor: Any, data: DataConfig, max_length: int) -> None:
+    torch.set_num_threads(1)  # one core per worker: torch's default pool would oversubscribe
+    _worker.update(processor=processor, data=data, max_length=max_length)
+
+
+def _check_chunk(samples: list[Sample]) -> list[tuple[str, Any, Any]]:
+    """Worker side; tensors travel as numpy arrays (torch would pass each one as a file
+    descriptor, and thousands of them exhaust the process's limit)."""
+    out, keys = [], None
+    for sample in samples:
+        status, payload, keys = _check(sample, _worker["processor"], _worker["data"], _worker["max_length"], keys)
+        if status == "ok":
+            payload = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in payload.items()}
+        out.append((status, payload, keys))
+    return out
+
+
+def _checked(samples: list[Sample], processor: Any, data: DataConfig, max_length: int):
+    """``_check`` of every sample, in order; in ``data.num_proc`` spawned processes when > 1
+    (the pre-pass is pure Python per sample, so processes, not threads)."""
+    if data.num_proc <= 1 or len(samples) < max(PARALLEL_MIN_ROWS, 2 * data.num_proc):
+        keys = None
+        for sample in samples:
+            result = _check(sample, processor, data, max_length, keys)
+            keys = result[2]
+            yield result
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(1, min(256, len(samples) // (4 * data.num_proc)))
+    chunks = [samples[i:i + size] for i in range(0, len(samples), size)]
+    # spawn, not fork: the parent holds torch's thread pools, which a forked child can deadlock on
+    with ProcessPoolExecutor(data.num_proc, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(processor, data, max_length)) as pool:
+        for results in pool.map(_check_chunk, chunks):
+            for status, payload, keys in results:
+                if status == "ok":
+                    payload = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in payload.items()}
+                yield status, payload, keys
+
+
 def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length: int,
             bad_rows: BadRows, file: str, show_progress: bool = True) -> RenderedDataset:
     """Render every sample once; keep those that fit, count the rest by reason."""
@@ -81,36 +149,25 @@ def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length:
     text_parts: list[dict[str, torch.Tensor]] | None = []
     image_keys: set[str] | None = None  # what the image processor makes, from the first image sample
     kept_tokens = 0
-    items = track(samples, description=f"checking {file}", disable=not show_progress, transient=True)
-    for i, sample in enumerate(items):
-        try:
-            enc = render(sample, processor, max_length=max_length, loss_on=data.loss_on,
-                         system_prompt=data.system_prompt)
-        except TooLong as exc:
-            reason, detail = "too_long", str(exc)
-            if data.on_too_long == "error":
-                raise DataError(f"{file}: row {_location(sample, i, file)[1]}: too_long: {exc}") from None
-        except (RenderError, BadSample, OSError, ValueError) as exc:
-            reason, detail = getattr(exc, "reason", "render_error"), str(exc)
-            if data.on_bad_row == "error":
-                raise DataError(f"{file}: row {_location(sample, i, file)[1]}: {reason}: {exc}") from None
-        else:
-            if int((enc["labels"] != -100).sum()) == 0:
-                reason, detail = "no_loss_tokens", "no token carries the loss"
-            else:
-                kept.append(sample)
-                lengths.append(enc["input_ids"].shape[-1])
-                if sample.images and image_keys is None:
-                    has_own = hasattr(processor, "image_processor")
-                    image_keys = set(_image_part(sample, processor)) if has_own else set()
-                kept_tokens += lengths[-1]
-                if text_parts is not None:
-                    text_parts.append({k: v for k, v in enc.items() if not (sample.images and k in image_keys)})
-                    if kept_tokens > MAX_KEPT_TOKENS:
-                        text_parts = None
-                continue
-        src_file, row = _location(sample, i, file)
-        bad_rows.add(src_file, row, reason, detail)
+    results = track(_checked(samples, processor, data, max_length), total=len(samples),
+                    description=f"checking {file}", disable=not show_progress, transient=True)
+    for i, (sample, (status, payload, keys)) in enumerate(zip(samples, results)):
+        if status == "ok":
+            kept.append(sample)
+            lengths.append(payload["input_ids"].shape[-1])
+            image_keys = image_keys if image_keys is not None else keys
+            kept_tokens += lengths[-1]
+            if text_parts is not None:
+                text_parts.append(payload)
+                if kept_tokens > MAX_KEPT_TOKENS:
+                    text_parts = None
+            continue
+        row = _location(sample, i, file)[1]
+        if status == "too_long" and data.on_too_long == "error":
+            raise DataError(f"{file}: row {row}: too_long: {payload}")
+        if status not in ("too_long", "no_loss_tokens") and data.on_bad_row == "error":
+            raise DataError(f"{file}: row {row}: {status}: {payload}")
+        bad_rows.add(_location(sample, i, file)[0], row, status, payload)
     dataset = RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
     # image_keys == set(): images but no image processor of its own -> always render in full
     if kept and text_parts is not None and (image_keys or image_keys is None):

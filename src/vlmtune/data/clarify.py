@@ -187,7 +187,7 @@ def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int
         for sample in clarify_samples(count, seed=seed, image_size=image_size, split=split,
                                       prompt_variant=prompt_variant):
             path = image_dir / f"{sample.meta['id']}.png"
-            sample.images[0].save(path, format="PNG")
+            sample.images[0].save(path, format="PNG", compress_level=1)  # 1.6x faster than 6, same pixels
             saved.append(Sample(messages=sample.messages, images=[path], meta=sample.meta))
             rows.append((saved[-1], path))
         paths[split] = out_dir / f"{split}.jsonl"
