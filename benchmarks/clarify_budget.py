@@ -7,7 +7,7 @@ strategic accuracy overall and per level, and answer accuracy (the gold colour s
 for unambiguous questions: whether the model reads the asked shape at all). Use it to see
 what a longer budget than ``make demo`` buys, or to compare model shapes and batch sizes.
 
-    python benchmarks/clarify_budget.py --steps 2000 --batch 64 --eval-every 250
+    python benchmarks/clarify_budget.py --steps 600 --batch 64 --eval-every 150
 
 Minutes are wall time measured from the start of SFT to each checkpoint's write, so they
 depend on the machine and on whatever else runs on it.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -49,14 +50,14 @@ def evaluate_checkpoints(run_dir: Path, model_dir: Path, eval_path: Path, starte
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--n-train", type=int, default=24000)
+    ap.add_argument("--n-train", type=int, default=12000)
     ap.add_argument("--n-eval", type=int, default=200)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=150)
     ap.add_argument("--patch", type=int, default=28, help="vision patch size (28: one token per grid cell)")
-    ap.add_argument("--counting-share", type=float, default=1.0, help="counting questions per training image")
+    ap.add_argument("--counting-share", type=float, default=0.0, help="counting questions per training image")
     ap.add_argument("--vision-warmup", type=int, default=300, help="vision warm-up steps (0 = none)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -75,6 +76,7 @@ def main() -> None:
         f"model.path={model}", f"data.train_path={train_path}", f"output.dir={run_dir}", "train.mode=full",
         "freeze.vision=false", "freeze.projector=false", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.warmup_steps=50", "train.scheduler=cosine",
+        f"data.num_proc={min(4, os.cpu_count() or 1)}",
         f"train.save_every={args.eval_every}", "train.keep_last=1000", "train.max_length=1024"]), show_progress=True)
     rows = evaluate_checkpoints(run_dir, model, data["eval"], started)
     print(f"{'step':>6} {'min':>6} {'samples':>8} {'overall':>8} {'L0':>6} {'L1':>6} {'L2':>6} {'L3':>6} {'answer':>7}")
