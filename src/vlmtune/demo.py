@@ -3,10 +3,10 @@
 synthesize clarify data (type-first references; optional counting questions) -> vision
 warm-up (per-token shape type and colour; :mod:`vlmtune.train.vision_warmup`) -> baseline
 eval -> SFT (full) -> eval -> GRPO from the SFT weights with the offline rule judge
-(``aqua`` reward; Dr. GRPO advantages, unscaled, so a colour slip (reward 1 vs 0.7) weighs
-a third of a wrong strategy (1 vs 0) instead of as much) -> eval; then print a table of strategic accuracy per level and mean
-reward per stage, write ``OUT/summary.json`` and
-``OUT/report/index.html`` (the three stages side by side).
+(``aqua`` reward; Dr. GRPO advantages, not divided by the group's spread, so a colour slip
+(reward 1 vs 0.7) weighs a third of a wrong strategy (1 vs 0) instead of as much) -> eval;
+then print a table of strategic accuracy per level and mean reward per stage, write
+``OUT/summary.json`` and ``OUT/report/index.html`` (the three stages side by side).
 
 ``summary.json`` (public contract)::
 

@@ -132,13 +132,16 @@ def _checked(samples: list[Sample], processor: Any, data: DataConfig, max_length
     size = max(1, min(256, len(samples) // (4 * data.num_proc)))
     chunks = [samples[i:i + size] for i in range(0, len(samples), size)]
     # spawn, not fork: the parent holds torch's thread pools, which a forked child can deadlock on
-    with ProcessPoolExecutor(data.num_proc, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(processor, data, max_length)) as pool:
+    pool = ProcessPoolExecutor(data.num_proc, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(processor, data, max_length))
+    try:
         for results in pool.map(_check_chunk, chunks):
             for status, payload, keys in results:
                 if status == "ok":
                     payload = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in payload.items()}
                 yield status, payload, keys
+    finally:  # also when the caller stops at a bad row: drop the chunks not started yet
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length: int,
@@ -162,12 +165,12 @@ def prepare(samples: list[Sample], processor: Any, data: DataConfig, max_length:
                 if kept_tokens > MAX_KEPT_TOKENS:
                     text_parts = None
             continue
-        row = _location(sample, i, file)[1]
+        src_file, row = _location(sample, i, file)
         if status == "too_long" and data.on_too_long == "error":
             raise DataError(f"{file}: row {row}: too_long: {payload}")
         if status not in ("too_long", "no_loss_tokens") and data.on_bad_row == "error":
             raise DataError(f"{file}: row {row}: {status}: {payload}")
-        bad_rows.add(_location(sample, i, file)[0], row, status, payload)
+        bad_rows.add(src_file, row, status, payload)
     dataset = RenderedDataset(kept, processor, max_length, data.loss_on, data.system_prompt, lengths)
     # image_keys == set(): images but no image processor of its own -> always render in full
     if kept and text_parts is not None and (image_keys or image_keys is None):

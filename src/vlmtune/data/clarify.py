@@ -433,14 +433,14 @@ def _references(scene: list[dict], item: dict) -> dict[str, str | None]:
     strategy: " is" (answer), " you" (resolve), ":" (enumerate), "?" (ask)."""
     t, phrase = item["type"], item["phrase"]
     members = [o for o in scene if o["type"] == t]
-    colour = scene[item["target"]]["colour"]
+    target = scene[item["target"]]
+    colour = target["colour"]
     if phrase is not None:
         l1 = f"The {t} you are referring to is {_referring('one', phrase)}: it is {colour}."
     elif len(members) == 1:
         l1 = f"The {t} you are referring to is the only one: it is {colour}."
     else:
-        l1 = (f"The {t} you are most likely referring to is the one {scene[item['target']]['position']}: "
-              f"it is {colour}.")
+        l1 = f"The {t} you are most likely referring to is the one {target['position']}: it is {colour}."
     l2 = None
     if len(members) >= 2:
         listed = [f"{_a(o['colour'])} {o['colour']} {t} {o['position']}" for o in members]

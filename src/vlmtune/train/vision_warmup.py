@@ -4,8 +4,8 @@ Every real VLM starts from a pretrained vision encoder (CLIP, SigLIP, ...) whose
 features already tell shapes and colours apart. A tiny VLM built from random weights does
 not, and SFT alone is slow to teach it: the language model only learns to attend to the
 image tokens of the asked object once those tokens carry the object's kind, and they only
-learn to carry it once it attends to them (docs/clarify.md measures this: after 12,800 SFT
-samples the colour of the asked shape is still at chance). This breaks the loop the way a
+learn to carry it once it attends to them (measured on the clarify task: after 12,800 SFT
+samples without it the colour of the asked shape was still at chance). This breaks the loop the way a
 pretrained encoder does: linear heads on the projector's output tokens (the tokens the
 language model reads) are trained with the vision tower and projector on per-token labels
 (e.g. each grid cell's shape type and colour from a synthetic scene's facts), for a few
