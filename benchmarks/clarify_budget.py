@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from vlmtune.config import load_recipe
 from vlmtune.data.clarify import make_clarify_dataset
-from vlmtune.demo import DemoSettings, build_demo_model, sft_data, warm_up_demo_vision
+from vlmtune.demo import PREPASS_PROCS, DemoSettings, build_demo_model, sft_data, warm_up_demo_vision
 from vlmtune.eval.run import run_eval
 from vlmtune.train.checkpoint import checkpoints
 from vlmtune.train.sft import run_sft
@@ -76,7 +75,7 @@ def main() -> None:
         f"model.path={model}", f"data.train_path={train_path}", f"output.dir={run_dir}", "train.mode=full",
         "freeze.vision=false", "freeze.projector=false", f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch}", f"train.lr={args.lr}", "train.warmup_steps=50", "train.scheduler=cosine",
-        f"data.num_proc={min(4, os.cpu_count() or 1)}",
+        f"data.num_proc={PREPASS_PROCS}",
         f"train.save_every={args.eval_every}", "train.keep_last=1000", "train.max_length=1024"]), show_progress=True)
     rows = evaluate_checkpoints(run_dir, model, data["eval"], started)
     print(f"{'step':>6} {'min':>6} {'samples':>8} {'overall':>8} {'L0':>6} {'L1':>6} {'L2':>6} {'L3':>6} {'answer':>7}")

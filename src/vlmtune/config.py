@@ -48,7 +48,7 @@ class DataConfig(_Section):
     system_prompt: str | None = Field(None, description="Prepended as a system turn when a sample has none.")
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
     limit: int | None = Field(None, ge=1, description="Use only the first N rows (debugging).")
-    num_proc: int = Field(1, ge=1, description="Processes for the render-check pre-pass (spawned; worth it from a few thousand rows).")
+    num_proc: int = Field(1, ge=1, description="Processes for the render-check pre-pass (spawned; used from 5,000 rows on).")
 
 
 class TrainConfig(_Section):

@@ -40,9 +40,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["DemoSettings", "FAST", "FULL", "build_demo_model", "run_demo", "sft_data", "warm_up_demo_vision"]
+__all__ = ["DemoSettings", "FAST", "FULL", "PREPASS_PROCS", "build_demo_model", "run_demo", "sft_data", "warm_up_demo_vision"]
 
 STAGES = ("baseline", "sft", "grpo")
+PREPASS_PROCS = min(4, os.cpu_count() or 1)  # data.num_proc of the SFT pre-pass
 LEVELS = ("L0", "L1", "L2", "L3")
 
 
@@ -303,7 +304,7 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     sft_train = sft_data(data, out / "data" / "sft_train.jsonl")
     common = ["train.mode=full", "freeze.vision=false", "freeze.projector=false", "freeze.language=false",
               f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10", "train.save_every=425",
-              "train.keep_last=4", f"data.num_proc={min(4, os.cpu_count() or 1)}"]
+              "train.keep_last=4", f"data.num_proc={PREPASS_PROCS}"]
     sft_recipe = load_recipe(None, [
         f"model.path={model}", f"data.train_path={sft_train}", f"output.dir={out / 'sft'}", *common,
         f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
