@@ -34,6 +34,9 @@ class ModelConfig(_Section):
         None, description="'sdpa', 'eager' or 'flash_attention_2' (GPU only); None = transformers' choice.")
     base_model: str | None = Field(
         None, description="Base model for an adapter directory given as model.path (eval/serve).")
+    linear_patch_embed: bool = Field(
+        True, description="Run Conv3d patch embeddings over whole patches (Qwen2/2.5/3-VL, GLM-4V) "
+                          "as one matrix product: same weights and checkpoints, faster.")
 
 
 class DataConfig(_Section):

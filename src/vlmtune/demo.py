@@ -72,7 +72,7 @@ class DemoSettings:
     sft_warmup: int = 50
     # GRPO (from the SFT weights)
     grpo_steps: int = 10
-    grpo_lr: float = 2e-5
+    grpo_lr: float = 1e-5
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 8
     grpo_temperature: float = 1.0
@@ -135,12 +135,14 @@ def warm_up_demo_vision(model_dir: Path, train_path: Path, s: DemoSettings) -> d
 
     from vlmtune.data.clarify import COLOURS, TYPES, cell_labels
     from vlmtune.data.readers import read_samples
+    from vlmtune.models.patch_embed import patch_embed_as_linear
     from vlmtune.train.vision_warmup import warm_up_vision
 
     samples, _ = read_samples(train_path)
     scenes = [x.meta["scene"] for x in samples]
     images = _LazyImages(samples)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    patch_embed_as_linear(model)
     processor = AutoProcessor.from_pretrained(model_dir)
     torch.manual_seed(s.seed)
     result = warm_up_vision(model, processor, images, lambda i, h, w: cell_labels(scenes[i], h, w),

@@ -269,3 +269,34 @@ def test_vision_tower_gets_its_own_learning_rate(tiny_model_dir):
     n_vision = sum(p.numel() for g in opt.param_groups if g["lr"] == 1e-5 for p in g["params"])
     assert n_vision == sum(p.numel() for n, p in loaded.model.named_parameters() if n.startswith("model.visual.")
                            and ".merger." not in n)
+
+
+@pytest.mark.parametrize("family", list_families())
+def test_loss_from_the_label_positions_only_equals_the_models_own(family, tiny_model_dir, shapes):
+    from vlmtune.batching.collate import collate
+    from vlmtune.batching.render import render
+    from vlmtune.data.readers import read_samples
+    from vlmtune.models.loading import load_for_inference
+    from vlmtune.train.sft import label_tokens, summed_token_loss
+
+    loaded = load_for_inference(tiny_model_dir(family))
+    model = loaded.model.train()
+    samples = read_samples(shapes)[0][:3]
+    question = next(part for part in samples[1].messages[0]["content"] if part.get("type") == "text")
+    question["text"] += " Please answer in a few words, thank you."  # rows of different lengths
+    pad = loaded.tokenizer.pad_token_id or 0
+    batch = collate([render(s, loaded.processor, max_length=512) for s in samples], pad)
+    assert len({int(m.sum()) for m in batch["attention_mask"]}) > 1
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours, our_grads = loss_and_grads(lambda: summed_token_loss(model, batch))
+    theirs, their_grads = loss_and_grads(lambda: model(**batch, use_cache=False).loss * label_tokens(batch))
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+    assert our_grads.keys() == their_grads.keys()
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, their_grads[name], rtol=1e-4, atol=1e-5, msg=name)

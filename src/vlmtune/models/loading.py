@@ -85,11 +85,14 @@ def _load_base(cfg: ModelConfig, quant: QuantConfig | None = None):
         kwargs["attn_implementation"] = cfg.attn_implementation
     if _is_vlm(config):
         from vlmtune.models.families import family_for
+        from vlmtune.models.patch_embed import patch_embed_as_linear
 
         family = family_for(config)
         if quant is not None:  # the vision tower and projector stay unquantized
             kwargs["quantization_config"] = bnb_config(quant, [*family.vision, *family.projector])
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        if cfg.linear_patch_embed:
+            patch_embed_as_linear(model)
         processor = AutoProcessor.from_pretrained(path, **common)
         return model, processor, family
     if quant is not None:
