@@ -300,3 +300,28 @@ def test_loss_from_the_label_positions_only_equals_the_models_own(family, tiny_m
     assert our_grads.keys() == their_grads.keys()
     for name, grad in our_grads.items():
         torch.testing.assert_close(grad, their_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_loss_from_a_model_that_ignores_logits_to_keep(tiny_model_dir, shapes):
+    from vlmtune.batching.collate import collate
+    from vlmtune.batching.render import render
+    from vlmtune.data.readers import read_samples
+    from vlmtune.models.loading import load_for_inference
+    from vlmtune.train.sft import label_tokens, summed_token_loss
+
+    loaded = load_for_inference(tiny_model_dir("qwen2_vl"))
+
+    class AllLogits(torch.nn.Module):  # e.g. remote code whose forward swallows unknown kwargs
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, logits_to_keep=None, **kwargs):
+            return self.inner(**kwargs)
+
+    batch = collate([render(s, loaded.processor, max_length=512) for s in read_samples(shapes)[0][:2]],
+                    loaded.tokenizer.pad_token_id or 0)
+    with torch.no_grad():
+        ours = summed_token_loss(AllLogits(loaded.model), batch)
+        theirs = loaded.model(**batch, use_cache=False).loss * label_tokens(batch)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)

@@ -58,6 +58,8 @@ def summed_token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
     keep = (labels[:, 1:] != IGNORE).any(0).nonzero().squeeze(1)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    if logits.shape[1] != len(keep):  # a forward that ignores logits_to_keep returns every position
+        logits = logits[:, keep]
     return F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].flatten(),
                            ignore_index=IGNORE, reduction="sum")
 
