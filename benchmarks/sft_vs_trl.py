@@ -11,17 +11,14 @@ at a constant lr of 1e-3 (no warm-up, no weight decay, gradients clipped to norm
 torch threads. Both sides run in this one process, vlmtune first, each with its own copy
 of the model loaded from the same folder.
 
-What is timed: the wall time from the end of step 3 to the end of the last step, divided
-by the steps in between (the first 3 are warm-up). So each step includes reading the
-images from disk, the image processor, collation, forward, backward, clipping, the
-optimizer step and the trainer's own per-step logging; neither side's model loading,
-vlmtune's render-check pre-pass nor TRL's dataset set-up is included. Being wall time from
-one step's end to the next, nothing an engine does between its steps escapes the clock.
-- vlmtune logs no per-step time (``tokens_per_s`` and ``loss_tokens`` do not give it), so
-  the run's ``MetricsLogger`` is swapped, for this run only, for a subclass that notes the
-  time at which each step's ``metrics.jsonl`` line is written (``train.log_every=1``).
-  The library itself is not changed.
-- TRL: a ``TrainerCallback`` notes the time at ``on_step_end``.
+What is timed: the mean seconds of steps 4 to the last (the first 3 are warm-up). Each
+step includes reading the images from disk, the image processor, collation, forward,
+backward, clipping and the optimizer step; neither side's model loading, vlmtune's
+render-check pre-pass nor TRL's dataset set-up is included.
+- vlmtune: ``step_seconds`` of each step in the run's ``metrics.jsonl`` (``train.log_every=1``),
+  from the start of building the step's batch to the end of the optimizer step.
+- TRL: the wall time between consecutive ``on_step_end`` callbacks (step 1 from
+  ``on_train_begin``), so it also counts TRL's per-step logging, a few milliseconds.
 
 A third row runs vlmtune with ``model.linear_patch_embed=false`` (the vision patch embedding
 as the family's Conv3d, as transformers runs it), to show that switch's share.
@@ -59,41 +56,29 @@ from vlmtune.config import load_recipe
 from vlmtune.data.clarify import make_clarify_dataset
 from vlmtune.data.readers import read_samples
 from vlmtune.demo import PREPASS_PROCS, DemoSettings, build_demo_model
-from vlmtune.tracking import MetricsLogger
-from vlmtune.train import sft
+from vlmtune.train.sft import run_sft
 
 WARMUP = 3  # steps left out of the timing
 
 
-def timing(stamps: list[float]) -> dict:
-    """``stamps[k]`` is when step k + 1 ended -> the seconds of each step after the warm-up
-    and their mean."""
-    steps = [b - a for a, b in zip(stamps[WARMUP - 1:], stamps[WARMUP:])]
+def timing(step_seconds: list[float]) -> dict:
+    """The seconds of each step after the warm-up, and their mean."""
+    steps = step_seconds[WARMUP:]
     return {"steps_s": steps, "s_per_step": sum(steps) / len(steps)}
 
 
 def run_vlmtune(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Namespace,
                 *overrides: str) -> dict:
-    stamps: list[float] = []
-
-    class ClockedLogger(MetricsLogger):
-        def log(self, step, metrics):
-            stamps.append(time.perf_counter())
-            return super().log(step, metrics)
-
     recipe = load_recipe(None, [
         f"model.path={model_dir}", f"data.train_path={train_path}", f"output.dir={run_dir}", "train.mode=full",
         "freeze.vision=false", "freeze.projector=false", "freeze.language=false", "train.seed=0",
         f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
         "train.scheduler=constant", "train.warmup_steps=0", "train.weight_decay=0.0", "train.max_grad_norm=1.0",
         "train.max_length=1024", "train.log_every=1", f"data.num_proc={PREPASS_PROCS}", *overrides])
-    sft.MetricsLogger = ClockedLogger
-    try:
-        summary = sft.run_sft(recipe, show_progress=False)
-    finally:
-        sft.MetricsLogger = MetricsLogger
-    losses = [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {**timing(stamps), "losses": losses, "trainable": summary["trainable_params"],
+    summary = run_sft(recipe, show_progress=False)
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {**timing([r["step_seconds"] for r in rows]), "losses": [r["loss"] for r in rows],
+            "trainable": summary["trainable_params"],
             "threads": torch.get_num_threads()}
 
 
@@ -116,6 +101,9 @@ def run_trl(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Nam
         def __init__(self) -> None:
             self.stamps: list[float] = []
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.stamps.append(time.perf_counter())
+
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
 
@@ -133,7 +121,8 @@ def run_trl(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Nam
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {**timing(clock.stamps), "losses": losses, "trainable": trainable,
+    step_seconds = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    return {**timing(step_seconds), "losses": losses, "trainable": trainable,
             "threads": torch.get_num_threads(), "optim": str(config.optim.value)}
 
 

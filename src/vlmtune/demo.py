@@ -131,19 +131,17 @@ def warm_up_demo_vision(model_dir: Path, train_path: Path, s: DemoSettings) -> d
     """Train the demo model's vision tower on each image token's cell (shape type, colour),
     from the scene facts of the training samples; saves the model back in place."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmtune.data.clarify import COLOURS, TYPES, cell_labels
     from vlmtune.data.readers import read_samples
-    from vlmtune.models.patch_embed import patch_embed_as_linear
+    from vlmtune.models.loading import load_for_inference
     from vlmtune.train.vision_warmup import warm_up_vision
 
     samples, _ = read_samples(train_path)
     scenes = [x.meta["scene"] for x in samples]
     images = _LazyImages(samples)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    patch_embed_as_linear(model)
-    processor = AutoProcessor.from_pretrained(model_dir)
+    loaded = load_for_inference(model_dir)  # float32, with the loader's defaults (patch embedding)
+    model, processor = loaded.model, loaded.processor
     torch.manual_seed(s.seed)
     result = warm_up_vision(model, processor, images, lambda i, h, w: cell_labels(scenes[i], h, w),
                             (len(TYPES) + 1, len(COLOURS) + 1), steps=s.vision_warmup_steps,

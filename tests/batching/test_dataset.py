@@ -91,13 +91,16 @@ def test_parallel_pre_pass_equals_serial(tiny_model_dir, monkeypatch):
     assert len(bad1.rows) == 2 and bad1.rows[1].row == 7
 
 
+@pytest.mark.parametrize("num_proc", [1, 2])
 @pytest.mark.parametrize("setting, match", [({"on_too_long": "error"}, r"mem.jsonl: row 2: too_long"),
                                             ({"on_bad_row": "error"}, r"mem.jsonl: row 7: ")])
-def test_pre_pass_stops_at_the_first_bad_row(tiny_model_dir, setting, match):
+def test_pre_pass_stops_at_the_first_bad_row(tiny_model_dir, monkeypatch, setting, match, num_proc):
     from transformers import AutoProcessor
 
     from vlmtune.data.readers import DataError
 
+    monkeypatch.setattr(ds_mod, "PARALLEL_MIN_ROWS", 0)
     processor = AutoProcessor.from_pretrained(tiny_model_dir("qwen2_vl"))
     with pytest.raises(DataError, match=match):
-        prepare(_mixed(), processor, DataConfig(**setting), 256, BadRows(), "mem.jsonl", show_progress=False)
+        prepare(_mixed(), processor, DataConfig(num_proc=num_proc, **setting), 256, BadRows(), "mem.jsonl",
+                show_progress=False)

@@ -63,8 +63,10 @@ def test_overfit_eight_samples(tiny_model_dir, shapes, tmp_path):
                "train.max_steps=60", "train.batch_size=4", "train.warmup_steps=5", "train.scheduler=constant",
                "train.max_grad_norm=1.0")
     summary = run_sft(r, show_progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows]
     assert losses[0] > 1.0
+    assert all(row["step_seconds"] > 0 for row in rows)
     assert summary["train_loss_last"] < 0.05, losses[-10:]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from rich.progress import track
 
-from vlmtune.batching.render import RenderError, TooLong, render
+from vlmtune.batching.render import IGNORE, RenderError, TooLong, render
 from vlmtune.config import DataConfig
 from vlmtune.data.readers import DataError, read_samples
 from vlmtune.data.report import BadRows
@@ -90,7 +90,7 @@ def _check(sample: Sample, processor: Any, data: DataConfig, max_length: int,
         return "too_long", str(exc), image_keys
     except (RenderError, BadSample, OSError, ValueError) as exc:
         return getattr(exc, "reason", "render_error"), str(exc), image_keys
-    if int((enc["labels"] != -100).sum()) == 0:
+    if int((enc["labels"] != IGNORE).sum()) == 0:
         return "no_loss_tokens", "no token carries the loss", image_keys
     if sample.images and image_keys is None:
         image_keys = set(_image_part(sample, processor)) if hasattr(processor, "image_processor") else set()

@@ -139,7 +139,8 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             seen = sum(int(b["attention_mask"].sum()) for b in micro)
             meter.add_train(seen)
             metrics = {"loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                       "tokens_per_s": seen / seconds, "loss_tokens": step_tokens, "epoch": stream.epoch}
+                       "step_seconds": seconds, "tokens_per_s": seen / seconds, "loss_tokens": step_tokens,
+                       "epoch": stream.epoch}
             if eval_ds is not None and recipe.eval.every and step % recipe.eval.every == 0:
                 metrics["eval_loss"] = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, accelerator.device)
             if step % t.log_every == 0 or step == steps or "eval_loss" in metrics:

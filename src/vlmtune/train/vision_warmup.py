@@ -5,11 +5,11 @@ features already tell shapes and colours apart. A tiny VLM built from random wei
 not, and SFT alone is slow to teach it: the language model only learns to attend to the
 image tokens of the asked object once those tokens carry the object's kind, and they only
 learn to carry it once it attends to them (measured on the clarify task: after 12,800 SFT
-samples without it the colour of the asked shape was still at chance). This breaks the loop the way a
-pretrained encoder does: linear heads on the projector's output tokens (the tokens the
-language model reads) are trained with the vision tower and projector on per-token labels
-(e.g. each grid cell's shape type and colour from a synthetic scene's facts), for a few
-hundred steps; the heads are then thrown away. No text, question, level or answer is used.
+samples without it the colour of the asked shape was still at chance). This breaks the
+loop the way a pretrained encoder does: linear heads on the projector's output tokens (the
+tokens the language model reads) are trained with the vision tower and projector on
+per-token labels (e.g. each grid cell's shape type and colour from a synthetic scene's
+facts), for a few hundred steps; the heads are then thrown away. No text, question, level or answer is used.
 
 Written here rather than taken from a library because it needs the family's own vision
 forward (Qwen-VL: ``model.model.visual`` with ``image_grid_thw``), which no trainer exposes.
