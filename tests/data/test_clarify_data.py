@@ -124,6 +124,22 @@ def test_references_classified_by_rule_strategy(data):
             # a wrong colour for the target is a distortion the rule judge sees
             wrong = m["choices"][1]
             assert rule_distorts(wrong, m["facts"]["false"])
+            # ... and so is a wrong colour for the target in the answer forms that single it
+            # out (for an L1 question, the L0 form "The cross is red." is a wrong strategy and
+            # true of another cross)
+            other = next(c for c in COLOURS if c != m["answer"])
+            forms = ("L0", "L1") if m["level"] == "L0" else ("L1",)
+            for ref in (m["references"][f] for f in forms):
+                assert rule_distorts(ref.replace(f" {m['answer']}.", f" {other}."), m["facts"]["false"]), ref
+        if m["references"]["L2"] is not None:
+            # an enumeration that gives a shape another candidate's colour is a distortion
+            members = [o for o in m["scene"] if o["type"] == m["target_type"]]
+            t, first = m["target_type"], members[0]
+            b = next((o["colour"] for o in members if o["colour"] != first["colour"]), None)
+            if b is not None:
+                swapped = m["references"]["L2"].replace(f"{first['colour']} {t} {first['position']}",
+                                                        f"{b} {t} {first['position']}")
+                assert rule_distorts(swapped, m["facts"]["false"]), swapped
 
 
 # --------------------------------------------------------------------------- shortcuts

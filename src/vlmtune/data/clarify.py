@@ -463,10 +463,16 @@ def _meta(scene: list[dict], item: dict, level: str, split: str, sid: str,
     subject = ref[0].upper() + ref[1:]
     choices = [f"{subject} is {target['colour']}.", f"{subject} is {absent[0]}.",
                f"{subject} is {absent[1]}.", f"Which {t} do you mean?"]
+    # Wrong-colour statements in every form the references use: "<c> <type>" and "<type> is
+    # <c>" for colours no shape of the type has; "<c> <type> <position>" for a colour that
+    # shape does not have (an enumeration that swaps two colours); for the target of an
+    # unambiguous question, "<phrase> is <c>" and the resolved answer's "it is <c>".
     false = [f"{c} {t}" for c in absent] + [f"{t} is {c}" for c in absent]
+    false += [f"{c} {t} {o['position']}" for o in members for c in COLOURS
+              if c != o["colour"] and c not in absent]
     if not ambiguous:
         wrong = [c for c in COLOURS if c != target["colour"]]
-        false += [f"{ref[4:]} is {c}" for c in wrong if f"{ref[4:]} is {c}" not in false]
+        false += [s for c in wrong for s in (f"{ref[4:]} is {c}", f"it is {c}") if s not in false]
     return {
         "task": "clarify",
         "split": split,
