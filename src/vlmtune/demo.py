@@ -72,7 +72,7 @@ class DemoSettings:
     sft_warmup: int = 50
     # GRPO (from the SFT weights)
     grpo_steps: int = 10
-    grpo_lr: float = 1e-5
+    grpo_lr: float = 1e-6  # TRL's and verl's default; see docs/clarify.md for larger ones
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 8
     grpo_temperature: float = 1.0
