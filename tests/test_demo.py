@@ -46,6 +46,26 @@ def test_fast_demo_summary_schema(fast_demo: tuple[Path, dict]) -> None:
         _check_stage(summary[stage])
     assert isinstance(summary["wall_seconds"], float) and summary["wall_seconds"] > 0
     assert summary["settings"]["fast"] is True
+    # responses changed from the stage before, counted from the stages' own prediction files
+    assert summary["baseline"]["changed"] is None
+    for before, stage in (("baseline", "sft"), ("sft", "grpo")):
+        old, new = ([json.loads(x) for x in (out / "eval" / s / "predictions.jsonl").read_text().splitlines()]
+                    for s in (before, stage))
+        assert summary[stage]["changed"] == sum(a["response"] != b["response"] for a, b in zip(old, new))
+        assert 0 <= summary[stage]["changed"] <= len(new)
+
+
+def test_changed_responses_counts_by_id() -> None:
+    from vlmtune.demo import changed_responses
+
+    before = [{"id": "a", "response": "The cup is red."}, {"id": "b", "response": "Which cup?"},
+              {"id": "c", "response": ""}]
+    after = [{"id": "c", "response": ""}, {"id": "b", "response": "Which cup? "},  # order differs
+             {"id": "a", "response": "The cup is red."}]
+    assert changed_responses(before, after) == 1  # only b; whitespace counts as a change
+    assert changed_responses(before, before) == 0
+    with pytest.raises(ValueError, match="different questions"):
+        changed_responses(before, after[:2])
 
 
 def test_fast_demo_grpo_starts_from_sft(fast_demo: tuple[Path, dict]) -> None:

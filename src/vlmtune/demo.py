@@ -15,7 +15,9 @@ then print a table of strategic accuracy per level and mean reward per stage, wr
 
 Each stage also reports ``answer_accuracy``: the share of unambiguous (L0/L1) eval questions
 whose response states the target's colour and no other colour of the image
-(:func:`vlmtune.eval.metrics.answer_stated`), i.e. whether the model reads the asked shape.
+(:func:`vlmtune.eval.metrics.answer_stated`), i.e. whether the model reads the asked shape,
+and ``changed``: how many eval responses differ from the previous stage's (None for the
+baseline), the size of the stage's effect even when its gains and losses cancel out.
 
 ``reward_mean`` of a stage is the mean ``aqua`` reward (rule judge: 1 right strategy, 0.7
 right strategy with a false statement, 0 wrong strategy) of the stage's greedy responses
@@ -40,7 +42,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["DemoSettings", "FAST", "FULL", "PREPASS_PROCS", "build_demo_model", "run_demo", "sft_data", "warm_up_demo_vision"]
+__all__ = ["DemoSettings", "FAST", "FULL", "PREPASS_PROCS", "build_demo_model", "changed_responses", "run_demo",
+           "sft_data", "warm_up_demo_vision"]
 
 STAGES = ("baseline", "sft", "grpo")
 PREPASS_PROCS = min(4, os.cpu_count() or 1)  # data.num_proc of the SFT pre-pass
@@ -212,6 +215,17 @@ def _evaluate(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -
     return records, metrics
 
 
+def changed_responses(before: list[dict], after: list[dict]) -> int:
+    """How many eval questions got a different response in ``after`` than in ``before``
+    (prediction records matched by ``id``): the size of a stage's effect, which the
+    accuracy and reward alone hide when changes cancel out."""
+    old = {r["id"]: r["response"] for r in before}
+    new = {r["id"]: r["response"] for r in after}
+    if old.keys() != new.keys():
+        raise ValueError(f"the two stages scored different questions ({len(old.keys() ^ new.keys())} ids differ)")
+    return sum(old[i] != new[i] for i in old)
+
+
 def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, Any]:
     acc = metrics.get("strategic_accuracy") or {}
     per_level = acc.get("per_level") or {}
@@ -226,8 +240,9 @@ def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, An
 def _table(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stage")
-    table.caption = "reward: mean aqua reward; answer: target colour stated (L0/L1); s: stage seconds"
-    for col in (*LEVELS, "overall", "reward", "answer", "s"):
+    table.caption = ("reward: mean aqua reward; answer: target colour stated (L0/L1); changed: responses "
+                     "that differ from the stage before; s: stage seconds")
+    for col in (*LEVELS, "overall", "reward", "answer", "changed", "s"):
         table.add_column(col, justify="right")
     for stage in STAGES:
         row = summary[stage]
@@ -235,7 +250,7 @@ def _table(summary: dict, title: str) -> Table:
                for lv in LEVELS]
         answer = "–" if math.isnan(row["answer_accuracy"]) else f"{100 * row['answer_accuracy']:.1f}%"
         table.add_row(stage, *pct, f"{100 * row['strategic_accuracy']:.1f}%", f"{row['reward_mean']:.3f}",
-                      answer, f"{row['seconds']:.0f}")
+                      answer, "–" if row.get("changed") is None else str(row["changed"]), f"{row['seconds']:.0f}")
     return table
 
 
@@ -292,6 +307,8 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
         reward = _reward_mean(out / "eval" / stage, data["eval"])
         now = mark(f"eval_{stage}", tick)
         summary[stage] = _stage_summary(metrics, reward, now - since)  # training + eval
+        before = STAGES[STAGES.index(stage) - 1] if STAGES.index(stage) else None
+        summary[stage]["changed"] = changed_responses(stages[before][0], records) if before else None
         console.print(f"  {stage}: strategic accuracy {100 * summary[stage]['strategic_accuracy']:.1f}%, "
                       f"reward {reward:.3f}")
         return now
