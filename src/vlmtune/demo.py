@@ -240,9 +240,8 @@ def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, An
 def _table(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stage")
-    table.caption = ("reward: mean aqua reward; answer: target colour stated (L0/L1); changed: responses "
-                     "that differ from the stage before; s: stage seconds")
-    for col in (*LEVELS, "overall", "reward", "answer", "changed", "s"):
+    table.caption = "reward: mean aqua reward; answer: target colour stated (L0/L1); s: stage seconds"
+    for col in (*LEVELS, "overall", "reward", "answer", "s"):
         table.add_column(col, justify="right")
     for stage in STAGES:
         row = summary[stage]
@@ -250,7 +249,7 @@ def _table(summary: dict, title: str) -> Table:
                for lv in LEVELS]
         answer = "–" if math.isnan(row["answer_accuracy"]) else f"{100 * row['answer_accuracy']:.1f}%"
         table.add_row(stage, *pct, f"{100 * row['strategic_accuracy']:.1f}%", f"{row['reward_mean']:.3f}",
-                      answer, "–" if row.get("changed") is None else str(row["changed"]), f"{row['seconds']:.0f}")
+                      answer, f"{row['seconds']:.0f}")
     return table
 
 
@@ -308,9 +307,9 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
         now = mark(f"eval_{stage}", tick)
         summary[stage] = _stage_summary(metrics, reward, now - since)  # training + eval
         before = STAGES[STAGES.index(stage) - 1] if STAGES.index(stage) else None
-        summary[stage]["changed"] = changed_responses(stages[before][0], records) if before else None
+        changed = summary[stage]["changed"] = changed_responses(stages[before][0], records) if before else None
         console.print(f"  {stage}: strategic accuracy {100 * summary[stage]['strategic_accuracy']:.1f}%, "
-                      f"reward {reward:.3f}")
+                      f"reward {reward:.3f}" + (f"; {changed}/{len(records)} responses changed" if before else ""))
         return now
 
     console.print("[bold]2/6[/] baseline eval (language model still random)")
