@@ -176,7 +176,10 @@ def _table(kind: str, module: str, names: dict[str, str]) -> Registry:
 LOSSES = _table("loss", "vlmtune.train.losses", {
     "grpo": "GRPO", "dr_grpo": "DR_GRPO", "dapo": "DAPO", "gspo": "GSPO"})
 KL_ESTIMATORS = _table("KL estimator", "vlmtune.train.losses", {"k1": "kl_k1", "k3": "kl_k3"})
-ADVANTAGES = _table("advantage estimator", "vlmtune.train.advantages", {"grpo": "group_advantages"})
+ADVANTAGES = _table("advantage estimator", "vlmtune.train.advantages", {
+    "grpo": "group_advantages", "gigpo": "gigpo_advantages"})
+ENVS = Registry("environment", {
+    "sokoban": "vlmtune.envs.sokoban:SokobanEnv", "gui_click": "vlmtune.envs.gui_click:GuiClickEnv"})
 
 
 # A task is a class (or object) with ``name`` and ``score(samples, responses)``, plus optional
@@ -213,7 +216,7 @@ REWARDS = Registry("reward", {
 
 def all_registries() -> dict[str, Registry]:
     """Every registry by kind (for ``docs`` generation and the registry test)."""
-    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, TASKS, SYNTH, JUDGES, REWARDS)}
+    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, ENVS, TASKS, SYNTH, JUDGES, REWARDS)}
 
 
 def pydantic_check(registry: Registry) -> Callable[[str], str]:
