@@ -71,6 +71,8 @@ class SokobanEnv(TextActionEnv):
         cell_size: Pixels per cell in the observation.
         invalid_penalty: Cost of an unreadable or inadmissible action.
         max_solver_nodes: Search limit of the solver (per call).
+        expert_think: The expert's answers carry its remaining plan as ``<think>`` reasoning;
+            False: the action alone (``<action>up</action>``), a short target for small models.
     """
 
     INTRO = """You are playing Sokoban. Push every box onto a target square to win.
@@ -86,7 +88,8 @@ Wall #, floor _, target O, box X, box on target √, you P, you on target S."""
 Think step by step inside <think> </think>, then give exactly one action inside <action> </action>, for example <think>...</think><action>left</action>."""
 
     def __init__(self, dim_room: tuple[int, int] | list[int] = (6, 6), num_boxes: int = 1, max_steps: int = 30,
-                 cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000):
+                 cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000,
+                 expert_think: bool = True):
         super().__init__(max_steps, invalid_penalty)
         h, w = (int(v) for v in dim_room)
         if h < 4 or w < 4:
@@ -96,7 +99,7 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         if cell_size < 4:
             raise ValueError(f"cell_size must be >= 4 pixels, got {cell_size}")
         self.dim_room, self.num_boxes, self.cell_size = (h, w), int(num_boxes), int(cell_size)
-        self.max_solver_nodes = int(max_solver_nodes)
+        self.max_solver_nodes, self.expert_think = int(max_solver_nodes), bool(expert_think)
         self.observation_space = observation_space(h * cell_size, w * cell_size)
         self.level: sk.Level | None = None
         self.state: sk.State | None = None
@@ -138,9 +141,10 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         """The solver's next move, with the remaining plan as the reasoning."""
         plan = self.plan()
         if not plan:  # unsolvable (a box is stuck) or already solved: any move will do
-            return "<think>No move can solve the room from here.</think><action>up</action>"
-        return (f"<think>A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}."
-                f"</think><action>{plan[0]}</action>")
+            think, action = "No move can solve the room from here.", "up"
+        else:
+            think, action = f"A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}.", plan[0]
+        return f"<think>{think}</think><action>{action}</action>" if self.expert_think else f"<action>{action}</action>"
 
     def random_action(self, rng: np.random.Generator) -> str:
         return f"<action>{ACTIONS[int(rng.integers(len(ACTIONS)))]}</action>"
