@@ -190,12 +190,14 @@ TASKS = Registry("task", {
     "mcq": "vlmtune.tasks.mcq:MCQTask",
     "arlarena": "vlmtune.tasks.arlarena:ARLArenaTask",
     "gui_agent": "vlmtune.tasks.gui_agent:GuiAgentTask",
+    "sokoban": "vlmtune.tasks.sokoban:SokobanTask",
 }, help={
     "generic": "EM, token F1, ROUGE against the final assistant turn",
     "clarify": "answer, resolve, enumerate or ask: strategy by a judge, ClarifyVLM metrics",
     "mcq": "multiple-choice accuracy, strict and by letter",
     "arlarena": "agent trajectories: per-turn action accuracy, trajectory success",
     "gui_agent": "GUI-agent steps: action, target, step and task accuracy",
+    "sokoban": "Sokoban agent turns as arlarena scores them; demo: expert data, SFT, GiGPO vs GRPO",
 })
 # A synthetic data set: fn(out_dir, n, *, seed, eval_n, image_size, **options) -> path(s) written.
 SYNTH = Registry("synthetic data set", {

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlmtune.envs import sokoban_levels as sk
-from vlmtune.envs.base import TextActionEnv, observation_space
+from vlmtune.envs.base import History, TextActionEnv, build_prompt, observation_space
 from vlmtune.rewards.rules import strip_think
 
 ACTIONS = tuple(sk.MOVES)
@@ -37,6 +37,10 @@ PALETTE = np.array([
     (150, 60, 200),   # player on target: purple
 ], dtype=np.uint8)
 """RGB of each cell code (:data:`vlmtune.envs.sokoban_levels.SYMBOLS` order)."""
+
+PROMPT_STYLES = ("full", "brief")
+BRIEF_INTRO = "Sokoban: push the yellow box onto the red target; you are the blue square."
+BRIEF_HELP = "Reply <action>MOVE</action>, MOVE one of up, down, left, right."
 
 _ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.S | re.I)
 
@@ -73,6 +77,9 @@ class SokobanEnv(TextActionEnv):
         max_solver_nodes: Search limit of the solver (per call).
         expert_think: The expert's answers carry its remaining plan as ``<think>`` reasoning;
             False: the action alone (``<action>up</action>``), a short target for small models.
+        prompt_style: ``full`` (the rules, what the picture shows, think then act: ARLArena's
+            prompt in structure) or ``brief`` (two lines; for small models on a CPU, where the
+            prompt's length is most of the compute).
     """
 
     INTRO = """You are playing Sokoban. Push every box onto a target square to win.
@@ -89,7 +96,7 @@ Think step by step inside <think> </think>, then give exactly one action inside 
 
     def __init__(self, dim_room: tuple[int, int] | list[int] = (6, 6), num_boxes: int = 1, max_steps: int = 30,
                  cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000,
-                 expert_think: bool = True):
+                 expert_think: bool = True, prompt_style: str = "full"):
         super().__init__(max_steps, invalid_penalty)
         h, w = (int(v) for v in dim_room)
         if h < 4 or w < 4:
@@ -99,7 +106,10 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         if cell_size < 4:
             raise ValueError(f"cell_size must be >= 4 pixels, got {cell_size}")
         self.dim_room, self.num_boxes, self.cell_size = (h, w), int(num_boxes), int(cell_size)
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         self.max_solver_nodes, self.expert_think = int(max_solver_nodes), bool(expert_think)
+        self.prompt_style = prompt_style
         self.observation_space = observation_space(h * cell_size, w * cell_size)
         self.level: sk.Level | None = None
         self.state: sk.State | None = None
@@ -114,6 +124,11 @@ Think step by step inside <think> </think>, then give exactly one action inside 
 
     def parse_action(self, text: str) -> str | None:
         return parse_tagged_action(text, ACTIONS)
+
+    def prompt(self, history: History, steps_taken: int) -> str:
+        if self.prompt_style == "brief":
+            return build_prompt(BRIEF_INTRO, BRIEF_HELP, history, steps_taken, self.LEGEND)
+        return super().prompt(history, steps_taken)
 
     def _apply(self, action: str) -> float:
         before = len(self.state.boxes & self.level.targets)
