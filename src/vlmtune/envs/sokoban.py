@@ -39,6 +39,7 @@ PALETTE = np.array([
 """RGB of each cell code (:data:`vlmtune.envs.sokoban_levels.SYMBOLS` order)."""
 
 PROMPT_STYLES = ("full", "brief")
+EXPERT_THINK = ("plan", "state", "none")
 BRIEF_INTRO = "Sokoban: push the yellow box onto the red target; you are the blue square."
 BRIEF_HELP = "Reply <action>MOVE</action>, MOVE one of up, down, left, right."
 
@@ -75,8 +76,9 @@ class SokobanEnv(TextActionEnv):
         cell_size: Pixels per cell in the observation.
         invalid_penalty: Cost of an unreadable or inadmissible action.
         max_solver_nodes: Search limit of the solver (per call).
-        expert_think: The expert's answers carry its remaining plan as ``<think>`` reasoning;
-            False: the action alone (``<action>up</action>``), a short target for small models.
+        expert_think: What the expert's ``<think>`` says before its action: ``plan`` (the
+            remaining optimal moves), ``state`` (where the player, boxes and targets are, as
+            ``row,col``: what it sees, not how it plans) or ``none`` (the action alone).
         prompt_style: ``full`` (the rules, what the picture shows, think then act: ARLArena's
             prompt in structure) or ``brief`` (two lines; for small models on a CPU, where the
             prompt's length is most of the compute).
@@ -96,7 +98,7 @@ Think step by step inside <think> </think>, then give exactly one action inside 
 
     def __init__(self, dim_room: tuple[int, int] | list[int] = (6, 6), num_boxes: int = 1, max_steps: int = 30,
                  cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000,
-                 expert_think: bool = True, prompt_style: str = "full"):
+                 expert_think: str = "plan", prompt_style: str = "full"):
         super().__init__(max_steps, invalid_penalty)
         h, w = (int(v) for v in dim_room)
         if h < 4 or w < 4:
@@ -106,9 +108,11 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         if cell_size < 4:
             raise ValueError(f"cell_size must be >= 4 pixels, got {cell_size}")
         self.dim_room, self.num_boxes, self.cell_size = (h, w), int(num_boxes), int(cell_size)
+        if expert_think not in EXPERT_THINK:
+            raise ValueError(f"expert_think must be one of {EXPERT_THINK}, got {expert_think!r}")
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
-        self.max_solver_nodes, self.expert_think = int(max_solver_nodes), bool(expert_think)
+        self.max_solver_nodes, self.expert_think = int(max_solver_nodes), expert_think
         self.prompt_style = prompt_style
         self.observation_space = observation_space(h * cell_size, w * cell_size)
         self.level: sk.Level | None = None
@@ -153,13 +157,26 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         return self._plans[self.state]
 
     def expert_action(self) -> str:
-        """The solver's next move, with the remaining plan as the reasoning."""
+        """The solver's next move, after the reasoning ``expert_think`` asks for."""
         plan = self.plan()
-        if not plan:  # unsolvable (a box is stuck) or already solved: any move will do
-            think, action = "No move can solve the room from here.", "up"
+        action = plan[0] if plan else "up"  # unsolvable (a box is stuck) or solved: any move will do
+        if self.expert_think == "none":
+            return f"<action>{action}</action>"
+        if self.expert_think == "state":
+            think = self.describe_state()
+        elif plan:
+            think = f"A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}."
         else:
-            think, action = f"A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}.", plan[0]
-        return f"<think>{think}</think><action>{action}</action>" if self.expert_think else f"<action>{action}</action>"
+            think = "No move can solve the room from here."
+        return f"<think>{think}</think><action>{action}</action>"
+
+    def describe_state(self) -> str:
+        """Where the player, the boxes and the targets are (``row,col``, 0-based, walls included)."""
+        def cells(ps: frozenset) -> str:
+            return " ".join(f"{r},{c}" for r, c in sorted(ps))
+
+        (r, c), boxes = self.state.player, self.state.boxes
+        return f"you {r},{c} box {cells(boxes)} target {cells(self.level.targets)}"
 
     def random_action(self, rng: np.random.Generator) -> str:
         return f"<action>{ACTIONS[int(rng.integers(len(ACTIONS)))]}</action>"

@@ -69,7 +69,7 @@ class SokobanDemoSettings:
     rl_group_size: int = 8
     rl_lr: float = 1e-4
     rl_temperature: float = 1.0
-    rl_max_new_tokens: int = 8
+    rl_max_new_tokens: int = 16
     gamma: float = 0.95
     omega: float = 1.0
     # eval
@@ -77,9 +77,10 @@ class SokobanDemoSettings:
     eval_batch: int = 64
 
     def env_kwargs(self) -> dict[str, Any]:
-        """The environment as every stage plays it (the expert answers without reasoning)."""
+        """The environment as every stage plays it: the brief prompt, the expert's answers
+        without reasoning (short sequences: most of a tiny model's compute is the prompt)."""
         return {"dim_room": [self.dim_room, self.dim_room], "cell_size": self.cell_size,
-                "max_steps": self.max_turns, "expert_think": False}
+                "max_steps": self.max_turns, "expert_think": False, "prompt_style": "brief"}
 
 
 FULL = SokobanDemoSettings()
