@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlmtune.envs import sokoban_levels as sk
-from vlmtune.envs.base import History, TextActionEnv, build_prompt, observation_space
+from vlmtune.envs.base import IMAGE_MARKER, History, TextActionEnv, build_prompt, observation_space
 from vlmtune.rewards.rules import strip_think
 
 ACTIONS = tuple(sk.MOVES)
@@ -131,6 +131,8 @@ Think step by step inside <think> </think>, then give exactly one action inside 
 
     def prompt(self, history: History, steps_taken: int) -> str:
         if self.prompt_style == "brief":
+            if not history:
+                return f"{BRIEF_INTRO}\n{IMAGE_MARKER}\n{BRIEF_HELP}"
             return build_prompt(BRIEF_INTRO, BRIEF_HELP, history, steps_taken, self.LEGEND)
         return super().prompt(history, steps_taken)
 
