@@ -80,7 +80,7 @@ class SokobanDemoSettings:
         """The environment as every stage plays it: the brief prompt, the expert's answers
         without reasoning (short sequences: most of a tiny model's compute is the prompt)."""
         return {"dim_room": [self.dim_room, self.dim_room], "cell_size": self.cell_size,
-                "max_steps": self.max_turns, "expert_think": False, "prompt_style": "brief"}
+                "max_steps": self.max_turns, "expert_think": "none", "prompt_style": "brief"}
 
 
 FULL = SokobanDemoSettings()
