@@ -24,7 +24,8 @@ from pathlib import Path
 
 from vlmtune.config import load_recipe
 from vlmtune.tasks.clarify.data import make_clarify_dataset
-from vlmtune.tasks.clarify.demo import PREPASS_PROCS, DemoSettings, build_demo_model, sft_data, warm_up_demo_vision
+from vlmtune.demos import PREPASS_PROCS, build_demo_model
+from vlmtune.tasks.clarify.demo import DemoSettings, sft_data, warm_up_demo_vision
 from vlmtune.eval.run import run_eval
 from vlmtune.train.checkpoint import checkpoints
 from vlmtune.train.sft import run_sft

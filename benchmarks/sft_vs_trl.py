@@ -55,7 +55,8 @@ from rich.table import Table
 from vlmtune.config import load_recipe
 from vlmtune.tasks.clarify.data import make_clarify_dataset
 from vlmtune.data.readers import read_samples
-from vlmtune.tasks.clarify.demo import PREPASS_PROCS, DemoSettings, build_demo_model
+from vlmtune.demos import PREPASS_PROCS, build_demo_model
+from vlmtune.tasks.clarify.demo import DemoSettings
 from vlmtune.train.sft import run_sft
 
 WARMUP = 3  # steps left out of the timing

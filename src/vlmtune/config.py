@@ -1,7 +1,7 @@
 """The recipe schema: one typed tree, defaults in one place, validated before any work.
 
 A recipe is YAML with sections (``model``, ``data``, ``train``, ``lora``, ``quant``,
-``freeze``, ``eval``, ``output``, ``grpo``, ``rewards``, ``judge``) plus dotted
+``freeze``, ``eval``, ``output``, ``grpo``, ``rewards``, ``judge``, ``env``) plus dotted
 ``key.sub=value`` overrides from the command line. Unknown keys and wrong types fail
 with the key's dotted path and, for a typo, the nearest valid key.
 """
@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vlmtune.registry import KL_ESTIMATORS, LOSSES, TASKS, pydantic_check
+from vlmtune.registry import ADVANTAGES, ENVS, KL_ESTIMATORS, LOSSES, TASKS, pydantic_check
 
 AdvantageScale = Literal["group", "batch", "none"]  # the branches of train.advantages.group_advantages
+MULTI_TURN_GROUP_SIZE = 8  # episodes per initial state by default (GiGPO's Sokoban setup)
 
 
 class ConfigError(ValueError):
@@ -181,6 +182,14 @@ class GrpoConfig(_Section):
     eps_high: float | None = Field(None, ge=0, description="None = eps_low (symmetric clip).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3.0).")
     scale: AdvantageScale = Field("group", description="Advantage std scaling (none = Dr. GRPO).")
+    advantage: Annotated[str, AfterValidator(pydantic_check(ADVANTAGES))] = Field(
+        "grpo", description="Advantage estimator: grpo (group-relative; with env: per episode, return = task "
+                            "score) or gigpo (with env: episode-level + omega x step-level over anchor states).")
+    gamma: float = Field(0.95, ge=0, le=1, description="gigpo: discount of the step-level returns.")
+    omega: float = Field(1.0, ge=0, description="gigpo: weight of the step-level advantage.")
+    gigpo_norm: Literal["mean", "mean_std"] = Field(
+        "mean_std", description="gigpo: centre both levels by their group mean (mean) and also divide by the "
+                                "group std (mean_std).")
     adv_eps: float = Field(1e-4, gt=0, description="Added to the std before dividing.")
     num_iterations: int = Field(1, ge=1, description="Policy updates per generation batch (mu).")
     max_new_tokens: int = Field(64, ge=1, description="Completion length limit.")
@@ -191,6 +200,23 @@ class GrpoConfig(_Section):
     drop_zero_spread: bool = Field(False, description="Dynamic sampling: drop groups with equal rewards.")
     max_refill: int = Field(0, ge=0, description="Extra generation rounds to refill dropped groups.")
     samples_to_log: int = Field(4, ge=0, description="Completions logged per step with their rewards.")
+
+
+class EnvConfig(_Section):
+    """Multi-turn RL: with ``name`` set, ``vlmtune grpo`` plays episodes instead of answering
+    prompts. Each step plays ``grpo.prompts_per_step`` initial states ``grpo.num_generations``
+    times each (default 8 then, GiGPO's group size); every turn's completion is a training
+    segment with its own advantage (``grpo.advantage``)."""
+
+    name: Annotated[str, AfterValidator(pydantic_check(ENVS))] | None = Field(
+        None, description=f"Environment: {ENVS.describe()}; None = single-turn prompts from data.train_path.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Environment constructor arguments.")
+    max_turns: int | None = Field(None, ge=1, description="Turns per episode; None = the environment's max_steps.")
+    history: int = Field(0, ge=0, description="Past (text observation, action) pairs in each prompt.")
+    seed: int = Field(0, ge=0, description="Initial states of training are seeds seed, seed+1, ... (one per group).")
+    num_states: int | None = Field(
+        None, ge=1, description="Cycle through this many initial states; None = a fresh one for every group.")
+    generation_batch: int = Field(64, ge=1, description="Prompts per generate call while playing episodes.")
 
 
 class RewardSpec(_Section):
@@ -231,6 +257,7 @@ class Recipe(_Section):
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     rewards: list[RewardSpec] = Field(default_factory=list, description="GRPO rewards: [{fn, weight, name, kwargs}].")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
     resume_from: str | None = Field(None, description="'auto' (latest checkpoint in output.dir) or a path.")
 
     @field_validator("resume_from")
@@ -245,6 +272,8 @@ class Recipe(_Section):
         if self.resume_from is not None and self.output.overwrite:
             raise ValueError("resume_from and output.overwrite=true contradict each other: overwriting deletes "
                              "the checkpoints a resume starts from")
+        if self.env.name and "num_generations" not in self.grpo.model_fields_set:
+            self.grpo.num_generations = MULTI_TURN_GROUP_SIZE
         return self
 
 

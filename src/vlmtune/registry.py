@@ -176,7 +176,10 @@ def _table(kind: str, module: str, names: dict[str, str]) -> Registry:
 LOSSES = _table("loss", "vlmtune.train.losses", {
     "grpo": "GRPO", "dr_grpo": "DR_GRPO", "dapo": "DAPO", "gspo": "GSPO"})
 KL_ESTIMATORS = _table("KL estimator", "vlmtune.train.losses", {"k1": "kl_k1", "k3": "kl_k3"})
-ADVANTAGES = _table("advantage estimator", "vlmtune.train.advantages", {"grpo": "group_advantages"})
+ADVANTAGES = _table("advantage estimator", "vlmtune.train.advantages", {
+    "grpo": "group_advantages", "gigpo": "gigpo_advantages"})
+ENVS = Registry("environment", {
+    "sokoban": "vlmtune.envs.sokoban:SokobanEnv", "gui_click": "vlmtune.envs.gui_click:GuiClickEnv"})
 
 
 # A task is a class (or object) with ``name`` and ``score(samples, responses)``, plus optional
@@ -187,12 +190,14 @@ TASKS = Registry("task", {
     "mcq": "vlmtune.tasks.mcq:MCQTask",
     "arlarena": "vlmtune.tasks.arlarena:ARLArenaTask",
     "gui_agent": "vlmtune.tasks.gui_agent:GuiAgentTask",
+    "sokoban": "vlmtune.tasks.sokoban:SokobanTask",
 }, help={
     "generic": "EM, token F1, ROUGE against the final assistant turn",
     "clarify": "answer, resolve, enumerate or ask: strategy by a judge, ClarifyVLM metrics",
     "mcq": "multiple-choice accuracy, strict and by letter",
     "arlarena": "agent trajectories: per-turn action accuracy, trajectory success",
     "gui_agent": "GUI-agent steps: action, target, step and task accuracy",
+    "sokoban": "Sokoban agent turns as arlarena scores them; demo: expert data, SFT, GiGPO vs GRPO",
 })
 # A synthetic data set: fn(out_dir, n, *, seed, eval_n, image_size, **options) -> path(s) written.
 SYNTH = Registry("synthetic data set", {
@@ -213,7 +218,7 @@ REWARDS = Registry("reward", {
 
 def all_registries() -> dict[str, Registry]:
     """Every registry by kind (for ``docs`` generation and the registry test)."""
-    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, TASKS, SYNTH, JUDGES, REWARDS)}
+    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, ENVS, TASKS, SYNTH, JUDGES, REWARDS)}
 
 
 def pydantic_check(registry: Registry) -> Callable[[str], str]:

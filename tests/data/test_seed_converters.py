@@ -83,6 +83,23 @@ def test_arlarena_inline_and_null_turn_images(tmp_path: Path, capsys) -> None:
     assert [(e["row"], e["reason"]) for e in errors_of(out)] == [(2, "below_min_score")]
 
 
+def test_arlarena_per_turn_samples(tmp_path: Path, capsys) -> None:
+    """--per-turn: each turn its own sample, as a policy that sees one turn at a time is prompted."""
+    path = dump(tmp_path / "t.json", [trajectory(0, 1.0, [inline(RED), None, inline(BLUE)]),
+                                      trajectory(1, 0.0, [inline(GREEN)])])
+    out = tmp_path / "turns.parquet"
+    assert run_cli(["--from", "arlarena", str(path), str(out), "--min-score", "0.9", "--per-turn",
+                    "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "converted 3 rows, skipped 1 rows"
+    turns = read_back(out)
+    assert [[m["role"] for m in s.messages] for s in turns] == [["user", "assistant"]] * 3
+    assert [s.meta["step"] for s in turns] == [0, 1, 2]
+    assert [[im.getpixel((0, 0)) for im in s.load_images()] for s in turns] == [[RED], [], [BLUE]]
+    assert "Step 2." in text_of(turns[2].messages[0])
+    assert text_of(turns[2].messages[1]) == "<think>push</think><action>up</action>"
+    assert [(e["row"], e["reason"]) for e in errors_of(out)] == [(1, "below_min_score")]
+
+
 def test_arlarena_folder_of_trajectory_files(tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints" / "sft"
     dump(folder / "high_score_multiturn_texts_seed0.json", [trajectory(0, 1.0, [inline(RED), inline(GREEN)])])

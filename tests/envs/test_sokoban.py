@@ -176,8 +176,29 @@ def test_passes_gymnasiums_env_checker() -> None:
 @pytest.mark.parametrize("kwargs,match", [
     ({"num_boxes": 0}, "num_boxes must be"), ({"dim_room": [3, 3]}, "dim_room must be at least"),
     ({"cell_size": 2}, "cell_size"), ({"max_steps": 0}, "max_steps"), ({"boxes": 2}, "unexpected keyword"),
+    ({"prompt_style": "short"}, "prompt_style must be one of"), ({"expert_think": "yes"}, "expert_think must be"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(EnvLoadError, match=match) as e:
         make_env("sokoban", kwargs)
     assert "environment 'sokoban'" in str(e.value)
+
+
+def test_expert_reasoning_styles_and_the_brief_prompt() -> None:
+    full = SokobanEnv()
+    short = SokobanEnv(expert_think="none", prompt_style="brief")
+    state = SokobanEnv(expert_think="state", dim_room=(6, 6))
+    for env in (full, short, state):
+        env.reset(seed=3)
+    plan = full.plan()
+    assert full.expert_action() == (f"<think>A shortest solution from here takes {len(plan)} move(s): "
+                                    f"{', '.join(plan)}.</think><action>{plan[0]}</action>")
+    assert short.expert_action() == f"<action>{plan[0]}</action>"
+    (pr, pc), (box,), (target,) = state.state.player, state.state.boxes, state.level.targets
+    assert state.expert_action() == (f"<think>you {pr},{pc} box {box[0]},{box[1]} target {target[0]},{target[1]}"
+                                     f"</think><action>{plan[0]}</action>")
+    text = state.text_observation().split("\n")
+    assert text[pr].split()[pc] in "PS" and text[box[0]].split()[box[1]] in "X√"
+    brief = short.prompt([], 0)
+    assert brief.count("<image>") == 1 and "Sokoban" in brief and len(brief) < len(full.prompt([], 0)) / 3
+    assert short.parse_action(short.expert_action()) == plan[0]

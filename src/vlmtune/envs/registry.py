@@ -4,7 +4,8 @@ Built-ins: ``sokoban`` (:class:`~vlmtune.envs.sokoban.SokobanEnv`) and ``gui_cli
 (:class:`~vlmtune.envs.gui_click.GuiClickEnv`). A user's environment is any Gymnasium
 environment whose ``step`` takes the model's text; see :mod:`vlmtune.envs.base` for the
 optional methods (prompt, expert, random action) the rollout uses when they exist. Names
-resolve through the project's one registry helper (:mod:`vlmtune.registry`).
+resolve through the project's one registry helper (:mod:`vlmtune.registry`, whose table
+``ENVS`` the recipe schema checks ``env.name`` against).
 """
 
 from __future__ import annotations
@@ -15,12 +16,7 @@ from typing import Any
 
 import yaml
 
-from vlmtune.registry import Registry, RegistryError
-
-ENVS = Registry("environment", {
-    "sokoban": "vlmtune.envs.sokoban:SokobanEnv",
-    "gui_click": "vlmtune.envs.gui_click:GuiClickEnv",
-})
+from vlmtune.registry import ENVS, RegistryError
 
 
 class EnvLoadError(ValueError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlmtune.envs import sokoban_levels as sk
-from vlmtune.envs.base import TextActionEnv, observation_space
+from vlmtune.envs.base import IMAGE_MARKER, History, TextActionEnv, build_prompt, observation_space
 from vlmtune.rewards.rules import strip_think
 
 ACTIONS = tuple(sk.MOVES)
@@ -37,6 +37,11 @@ PALETTE = np.array([
     (150, 60, 200),   # player on target: purple
 ], dtype=np.uint8)
 """RGB of each cell code (:data:`vlmtune.envs.sokoban_levels.SYMBOLS` order)."""
+
+PROMPT_STYLES = ("full", "brief")
+EXPERT_THINK = ("plan", "state", "none")
+BRIEF_INTRO = "Sokoban: push the yellow box onto the red target; you are the blue square."
+BRIEF_HELP = "Reply <action>MOVE</action>, MOVE one of up, down, left, right."
 
 _ACTION_TAG = re.compile(r"<action>(.*?)</action>", re.S | re.I)
 
@@ -71,6 +76,12 @@ class SokobanEnv(TextActionEnv):
         cell_size: Pixels per cell in the observation.
         invalid_penalty: Cost of an unreadable or inadmissible action.
         max_solver_nodes: Search limit of the solver (per call).
+        expert_think: What the expert's ``<think>`` says before its action: ``plan`` (the
+            remaining optimal moves), ``state`` (where the player, boxes and targets are, as
+            ``row,col``: what it sees, not how it plans) or ``none`` (the action alone).
+        prompt_style: ``full`` (the rules, what the picture shows, think then act: ARLArena's
+            prompt in structure) or ``brief`` (two lines; for small models on a CPU, where the
+            prompt's length is most of the compute).
     """
 
     INTRO = """You are playing Sokoban. Push every box onto a target square to win.
@@ -86,7 +97,8 @@ Wall #, floor _, target O, box X, box on target √, you P, you on target S."""
 Think step by step inside <think> </think>, then give exactly one action inside <action> </action>, for example <think>...</think><action>left</action>."""
 
     def __init__(self, dim_room: tuple[int, int] | list[int] = (6, 6), num_boxes: int = 1, max_steps: int = 30,
-                 cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000):
+                 cell_size: int = 24, invalid_penalty: float = 0.1, max_solver_nodes: int = 200_000,
+                 expert_think: str = "plan", prompt_style: str = "full"):
         super().__init__(max_steps, invalid_penalty)
         h, w = (int(v) for v in dim_room)
         if h < 4 or w < 4:
@@ -96,7 +108,12 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         if cell_size < 4:
             raise ValueError(f"cell_size must be >= 4 pixels, got {cell_size}")
         self.dim_room, self.num_boxes, self.cell_size = (h, w), int(num_boxes), int(cell_size)
-        self.max_solver_nodes = int(max_solver_nodes)
+        if expert_think not in EXPERT_THINK:
+            raise ValueError(f"expert_think must be one of {EXPERT_THINK}, got {expert_think!r}")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+        self.max_solver_nodes, self.expert_think = int(max_solver_nodes), expert_think
+        self.prompt_style = prompt_style
         self.observation_space = observation_space(h * cell_size, w * cell_size)
         self.level: sk.Level | None = None
         self.state: sk.State | None = None
@@ -111,6 +128,13 @@ Think step by step inside <think> </think>, then give exactly one action inside 
 
     def parse_action(self, text: str) -> str | None:
         return parse_tagged_action(text, ACTIONS)
+
+    def prompt(self, history: History, steps_taken: int) -> str:
+        if self.prompt_style == "brief":
+            if not history:
+                return f"{BRIEF_INTRO}\n{IMAGE_MARKER}\n{BRIEF_HELP}"
+            return build_prompt(BRIEF_INTRO, BRIEF_HELP, history, steps_taken, self.LEGEND)
+        return super().prompt(history, steps_taken)
 
     def _apply(self, action: str) -> float:
         before = len(self.state.boxes & self.level.targets)
@@ -135,12 +159,26 @@ Think step by step inside <think> </think>, then give exactly one action inside 
         return self._plans[self.state]
 
     def expert_action(self) -> str:
-        """The solver's next move, with the remaining plan as the reasoning."""
+        """The solver's next move, after the reasoning ``expert_think`` asks for."""
         plan = self.plan()
-        if not plan:  # unsolvable (a box is stuck) or already solved: any move will do
-            return "<think>No move can solve the room from here.</think><action>up</action>"
-        return (f"<think>A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}."
-                f"</think><action>{plan[0]}</action>")
+        action = plan[0] if plan else "up"  # unsolvable (a box is stuck) or solved: any move will do
+        if self.expert_think == "none":
+            return f"<action>{action}</action>"
+        if self.expert_think == "state":
+            think = self.describe_state()
+        elif plan:
+            think = f"A shortest solution from here takes {len(plan)} move(s): {', '.join(plan)}."
+        else:
+            think = "No move can solve the room from here."
+        return f"<think>{think}</think><action>{action}</action>"
+
+    def describe_state(self) -> str:
+        """Where the player, the boxes and the targets are (``row,col``, 0-based, walls included)."""
+        def cells(ps: frozenset) -> str:
+            return " ".join(f"{r},{c}" for r, c in sorted(ps))
+
+        (r, c), boxes = self.state.player, self.state.boxes
+        return f"you {r},{c} box {cells(boxes)} target {cells(self.level.targets)}"
 
     def random_action(self, rng: np.random.Generator) -> str:
         return f"<action>{ACTIONS[int(rng.integers(len(ACTIONS)))]}</action>"

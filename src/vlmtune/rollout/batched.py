@@ -17,6 +17,7 @@ either images for every text or none); a batch is split into those two groups.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +27,17 @@ from vlmtune.data.sample import Sample
 from vlmtune.models.families import Family
 from vlmtune.rollout.hf import SamplingParams, completion_mask, stop_and_pad_ids
 
-__all__ = ["BatchedGenerator"]
+__all__ = ["BatchedGenerator", "Completion"]
+
+
+@dataclass
+class Completion:
+    """One generated completion: token ids (T,), the mask of real tokens (T,) up to and
+    including the end token, and whether it hit ``max_new_tokens`` without ending."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    truncated: bool
 
 
 class BatchedGenerator:
@@ -62,12 +73,22 @@ class BatchedGenerator:
                  batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[str]:
         """Completion texts in sample order. ``on_batch(k)`` is called after each ``generate``
         call with the number of samples it finished (for progress bars)."""
+        return [self.decode(c) for c in self.generate_ids(samples, params, batch_size, on_batch)]
+
+    def decode(self, completion: Completion) -> str:
+        return self.tokenizer.decode(completion.ids[completion.mask.bool()], skip_special_tokens=True).strip()
+
+    @torch.no_grad()
+    def generate_ids(self, samples: Sequence[Sample], params: SamplingParams | None = None,
+                     batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[Completion]:
+        """The completions as token ids, in sample order (what an RL update trains on: the
+        sampled tokens themselves, not a re-tokenisation of their text)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         params = params or SamplingParams(do_sample=False)
         was_training = self.model.training
         self.model.eval()
-        out: list[str | None] = [None] * len(samples)
+        out: list[Completion | None] = [None] * len(samples)
         try:
             for start in range(0, len(samples), batch_size):
                 idx = list(range(start, min(start + batch_size, len(samples))))
@@ -76,15 +97,15 @@ class BatchedGenerator:
                 for group in (with_img, without):
                     if not group:
                         continue
-                    for i, text in zip(group, self._batch([samples[i] for i in group], params)):
-                        out[i] = text
+                    for i, completion in zip(group, self._batch([samples[i] for i in group], params)):
+                        out[i] = completion
                 if on_batch is not None:
                     on_batch(len(idx))
         finally:
             self.model.train(was_training)
-        return [t or "" for t in out]
+        return out  # type: ignore[return-value]  # every index was filled
 
-    def _batch(self, samples: list[Sample], params: SamplingParams) -> list[str]:
+    def _batch(self, samples: list[Sample], params: SamplingParams) -> list[Completion]:
         enc = self.encode(samples)
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
@@ -93,6 +114,5 @@ class BatchedGenerator:
         seqs = self.model.generate(**inputs, max_new_tokens=params.max_new_tokens,
                                    pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
         ids = seqs[:, enc["input_ids"].shape[1]:].cpu()
-        mask, _ = completion_mask(ids, self.end_ids)
-        return [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True).strip()
-                for row, m in zip(ids, mask)]
+        mask, truncated = completion_mask(ids, self.end_ids)
+        return [Completion(row, m, t) for row, m, t in zip(ids, mask, truncated)]

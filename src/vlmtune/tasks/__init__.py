@@ -10,5 +10,7 @@ one line in the ``TASKS`` table of :mod:`vlmtune.registry` (its protocol and opt
   strategy metrics, ClarifyVLM metrics, the ``vlmtune demo``);
 - ``gui_agent`` — CarePilot GUI-agent steps (``vlmtune agent``, step metrics);
 - ``mcq`` — multiple-choice accuracy (Robo2VLM as RLinf scores it);
-- ``arlarena`` — ARLArena agent trajectories (per-turn action accuracy).
+- ``arlarena`` — ARLArena agent trajectories (per-turn action accuracy);
+- ``sokoban`` — visual Sokoban agents (scored as ``arlarena``; ``vlmtune demo --task sokoban``:
+  expert data, SFT, GiGPO vs episode-level GRPO).
 """

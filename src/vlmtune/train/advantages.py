@@ -127,6 +127,28 @@ def distinct_fraction(completions: list[str], group_size: int) -> list[float]:
 # ----------------------------------------------------------------------------- multi-turn (GiGPO)
 
 
+def episode_advantages(episode_scores: Tensor, group_size: int, episode_of_step: Tensor,
+                       scale: Scale = "group", eps: float = 1e-4) -> Tensor:
+    """Episode-level GRPO for multi-turn episodes: every step gets its episode's
+    group-relative advantage.
+
+    Episodes come in groups of ``group_size`` from the same initial state, group-contiguous;
+    the advantage is exactly the single-turn formula (:func:`group_advantages`) with the
+    episode's score (e.g. the task score) as the reward, so a one-step episode is a
+    single-turn completion. A NaN score (an episode that failed for the environment's
+    fault) gives its steps advantage 0 and stays out of its group's statistics.
+
+    Args:
+        episode_scores: (E,) score of each episode.
+        group_size: episodes per initial state (G >= 2).
+        episode_of_step: (S,) episode index of each step.
+
+    Returns:
+        (S,) advantages.
+    """
+    return group_advantages(episode_scores, group_size, scale, eps)[episode_of_step]
+
+
 def discounted_returns(step_rewards: Tensor, episode_of_step: Tensor, gamma: float) -> Tensor:
     """Per-step discounted return ``R_t = r_t + gamma * R_{t+1}`` within each episode.
 

@@ -13,7 +13,10 @@ Each step is the dataflow, each phase timed (``time/<phase>`` in the metrics):
 
 The math lives in :mod:`vlmtune.train.losses` and :mod:`vlmtune.train.advantages`; the
 lifecycle around the loop (run dir, resume, checkpoints, final save, skipped rows) is
-:class:`vlmtune.train.run.Run`, shared with SFT.
+:class:`vlmtune.train.run.Run`, shared with SFT. With a recipe ``env:`` section the
+generation phase plays multi-turn episodes instead (:mod:`vlmtune.train.multiturn`:
+``rollout`` then ``adv``); every turn becomes a completion of the batch with its own
+advantage, and the rest of the step is the same.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rich.console import Console
 
 from vlmtune.batching.dataset import load_prompts
 from vlmtune.config import ConfigError, Recipe
+from vlmtune.data.report import BadRows
 from vlmtune.flops import Units, batch_units
 from vlmtune.models.loading import load_for_training
 from vlmtune.rewards.registry import RewardSet
@@ -50,6 +54,7 @@ from vlmtune.train.advantages import (
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
 from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean
+from vlmtune.train.multiturn import EpisodeCollector, check_env_recipe, initial_states
 from vlmtune.train.run import Run
 
 COLLAPSE_WARNING = 0.5  # mean share of distinct completions per group below which we warn
@@ -57,7 +62,11 @@ COLLAPSE_WARNING = 0.5  # mean share of distinct completions per group below whi
 
 @dataclass
 class Batch:
-    """One generation batch: rollouts with their rewards and advantages."""
+    """One generation batch: rollouts with their rewards and advantages.
+
+    Rollout ``i`` holds G completions of one prompt (multi-turn: the turns that shared a
+    prompt, any number); ``rewards`` and ``advantages`` are flat over all completions.
+    """
 
     rollouts: list[Rollout]
     rewards: torch.Tensor  # (N,) weighted total, NaN = no reward
@@ -66,6 +75,15 @@ class Batch:
     zero_spread: int  # groups whose rewards were all equal (before any drop)
     dropped: int = 0
     extras: dict[str, list] = field(default_factory=dict)  # rewards' log_extra columns, (N,) each
+    metrics: dict[str, float] = field(default_factory=dict)  # multi-turn: episode statistics
+
+    def spans(self) -> list[tuple[int, int]]:
+        """``(start, end)`` of each rollout's completions in the flat tensors."""
+        out, start = [], 0
+        for r in self.rollouts:
+            out.append((start, start + r.completion_ids.shape[0]))
+            start = out[-1][1]
+        return out
 
 
 def data_columns(samples: list[Any]) -> list[str]:
@@ -146,20 +164,20 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
     Chunk losses are weighted so their sum equals the loss of the whole batch: by the
     chunk's share of sequences, or for token-mean losses by the step's token count.
     """
-    cfg, g = recipe.grpo, recipe.grpo.num_generations
+    cfg = recipe.grpo
     token_mean = loss_spec(cfg.loss).reduce is reduce_token_mean
     total_tokens = sum(int(r.mask.sum()) for r in batch.rollouts)
-    n_seq = len(batch.rollouts) * g
+    n_seq = len(batch.advantages)
     sums: dict[str, float] = {}
-    for i, r in enumerate(batch.rollouts):
+    for i, (r, (lo, hi)) in enumerate(zip(batch.rollouts, batch.spans())):
         logp, entropy = logps(model, r, with_entropy=True)
         mask = r.mask.to(logp.device)
         loss, stats = policy_loss(
-            cfg.loss, logp, (old[i] if old else logp.detach()), batch.advantages[i * g:(i + 1) * g].to(logp.device),
+            cfg.loss, logp, (old[i] if old else logp.detach()), batch.advantages[lo:hi].to(logp.device),
             mask, ref_logp=ref[i] if ref else None, beta=cfg.beta, kl=cfg.kl, eps_low=cfg.eps_low,
             eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, max_completion_length=cfg.max_new_tokens,
             num_tokens=total_tokens if token_mean else None)
-        weight = 1.0 if token_mean else g / n_seq
+        weight = 1.0 if token_mean else (hi - lo) / n_seq
         with accelerator.no_sync(model):  # ranks may hold different numbers of groups
             accelerator.backward(loss * weight)
         stats["loss"] = loss.detach() * weight * len(batch.rollouts)  # averaged below
@@ -204,7 +222,7 @@ def step_metrics(batch: Batch, names: list[str], g: int, rewards: torch.Tensor |
     texts = [t for r in batch.rollouts for t in r.texts]
     lengths = torch.cat([r.mask.sum(1).float() for r in batch.rollouts]) if batch.rollouts else torch.zeros(1)
     truncated = [t for r in batch.rollouts for t in r.truncated]
-    distinct = distinct_fraction(texts, g) if texts else [1.0]
+    distinct = [f for r in batch.rollouts for f in distinct_fraction(r.texts, len(r.texts))] or [1.0]
     m: dict[str, Any] = {
         "reward_mean": float(rewards.nanmean()) if len(rewards) else float("nan"),
         "reward_std": _nan_std(rewards),
@@ -229,11 +247,11 @@ def _nan_std(x: torch.Tensor) -> float:
 
 def sample_table(batch: Batch, n: int, g: int) -> list[dict[str, Any]]:
     rows = []
-    for i, r in enumerate(batch.rollouts):
+    for r, (lo, _) in zip(batch.rollouts, batch.spans()):
         for j, text in enumerate(r.texts):
             if len(rows) >= n:
                 return rows
-            k = i * g + j
+            k = lo + j
             rows.append({"prompt": _prompt_text(r.sample), "completion": text,
                          "reward": _num(batch.rewards[k]), "advantage": _num(batch.advantages[k]),
                          **{name: col[k] for name, col in batch.extras.items() if k < len(col)}})
@@ -298,23 +316,44 @@ def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recip
 
 def count_tokens(meter: ComputeMeter, batch: Batch, cfg: Any) -> None:
     """What one step ran, for compute accounting. Generation runs each prompt (with its images)
-    once per completion (``generate`` repeats the inputs ``num_return_sequences`` times), then
-    one token at a time; the old/reference log-prob passes are forward-only; the update runs
-    ``num_iterations`` forward+backward passes. With ``shared_prefix`` the log-prob passes run a
-    prompt once per group, otherwise once per completion."""
-    g = cfg.num_generations
-    prompt = sum((batch_units(r.prompt, meter.flops) for r in batch.rollouts), Units())
+    once per completion (``generate`` repeats the inputs ``num_return_sequences`` times; a
+    multi-turn turn is its own prompt), then one token at a time; the old/reference log-prob
+    passes are forward-only; the update runs ``num_iterations`` forward+backward passes. With
+    ``shared_prefix`` the log-prob passes run a prompt once per group, otherwise once per
+    completion."""
+    per_group = [(batch_units(r.prompt, meter.flops), r.completion_ids.shape[0]) for r in batch.rollouts]
+    prompt = sum((p for p, _ in per_group), Units())
+    prompt_per_completion = sum((p * n for p, n in per_group), Units())
     completions = Units(sum(int(r.mask.sum()) for r in batch.rollouts))
-    scored = (prompt if cfg.shared_prefix else prompt * g) + completions
+    scored = (prompt if cfg.shared_prefix else prompt_per_completion) + completions
     extra = (cfg.num_iterations > 1) + (cfg.beta > 0)  # old and reference log-prob passes
-    meter.add_forward(prompt * g + completions + scored * extra)
+    meter.add_forward(prompt_per_completion + completions + scored * extra)
     meter.add_train(scored * cfg.num_iterations)
     meter.add_data(prompt=prompt.tokens, completion=completions.tokens)
 
 
+def make_collector(recipe: Recipe, generator: HFGenerator, prompts: list, rewards: RewardSet,
+                   params: SamplingParams, run_dir: Any) -> Callable[[BatchStream, PhaseTimer], Batch]:
+    """The generation phase of a step: G completions of each of the stream's prompts, or
+    (with ``env``) G episodes from each of its initial states, every turn a completion."""
+    if not recipe.env.name:
+        return lambda stream, timer: collect_batch(generator, stream, prompts, rewards, recipe.grpo, params, timer)
+
+    episodes = EpisodeCollector(recipe.env, recipe.grpo, generator.model, generator.processor, run_dir,
+                                recipe.data.system_prompt)
+
+    def collect(stream: BatchStream, timer: PhaseTimer) -> Batch:
+        b = episodes.collect(stream.next(), timer)
+        return Batch(b.rollouts, b.rewards, b.rewards.new_zeros(len(b.rewards), 0), b.advantages, b.zero_spread,
+                     metrics=b.metrics)
+
+    return collect
+
+
 def check_recipe(recipe: Recipe) -> None:
     """What a GRPO recipe needs beyond the schema, checked before any work."""
-    if not recipe.rewards:
+    check_env_recipe(recipe.env, recipe.grpo, recipe.train.max_steps, bool(recipe.rewards))
+    if not recipe.rewards and not recipe.env.name:
         raise ConfigError("a GRPO recipe needs at least one entry under 'rewards'")
     if recipe.train.grad_accum != 1:
         raise ConfigError("train.grad_accum does not apply to GRPO: each step already accumulates gradients "
@@ -335,17 +374,23 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         if cfg.beta > 0 and t.mode == "full":
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         rewards = RewardSet(recipe.rewards, judge=recipe.judge)
-        prompts, bad_rows = load_prompts(recipe.data, show_progress and run.is_main)
-        rewards.check_columns(data_columns(prompts))
+        prompts, bad_rows = ([], BadRows()) if recipe.env.name else \
+            load_prompts(recipe.data, show_progress and run.is_main)
+        if prompts:
+            rewards.check_columns(data_columns(prompts))
         steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.epochs * len(prompts) / cfg.prompts_per_step))
+        # the stream hands out prompt indices, or with env the indices of initial states
+        n_items = initial_states(recipe.env, steps * cfg.prompts_per_step * acc.num_processes) \
+            if recipe.env.name else len(prompts)
         optimizer = build_optimizer(model, loaded.family, t)
         scheduler = build_scheduler(optimizer, t, steps * cfg.num_iterations)
         model, optimizer = acc.prepare(model, optimizer)
-        stream = BatchStream(len(prompts), cfg.prompts_per_step, t.seed, recipe.data.shuffle,
+        stream = BatchStream(n_items, cfg.prompts_per_step, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
         generator = HFGenerator(acc.unwrap_model(model), processor, recipe.data.system_prompt)
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         pad_id, g = generator.pad_id, cfg.num_generations
+        collect = make_collector(recipe, generator, prompts, rewards, params, run.dir)
         # How log-probs of a group are computed: the prompt (and its images) once per group, or
         # repeated in every row (the padded path, also used under gradient checkpointing).
         logps = partial(rollout_logps, pad_id=pad_id, temperature=cfg.temperature,
@@ -354,13 +399,14 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
 
         timer, console = PhaseTimer(), Console(stderr=True)
         last: dict[str, Any] = {}
+        episode_stats: dict[str, float] = {}  # multi-turn: the last step's episode statistics
         bar = progress_bar(show_progress and run.is_main)
         with bar:
             task = bar.add_task("grpo", total=steps, completed=run.start_step, info="")
             for step in range(run.start_step + 1, steps + 1):
                 tick = time.perf_counter()
                 rewards.trainer_state.global_step, rewards.trainer_state.max_steps = step - 1, steps
-                batch = collect_batch(generator, stream, prompts, rewards, cfg, params, timer)
+                batch = collect(stream, timer)
                 old = ref = None
                 if batch.rollouts:
                     with timer("old"):
@@ -373,7 +419,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                     stats = optimize(model, batch, old, ref, recipe, logps, run, optimizer, scheduler, step)
                 count_tokens(run.meter, batch, cfg)
                 metrics = {**rewards.pop_metrics(), **step_metrics(batch, rewards.names, g, *gather_rewards(batch, acc)),
-                           **stats,
+                           **batch.metrics, **stats,
                            "lr": scheduler.get_last_lr()[0], **rewards.judge_stats(),  # keys are judge/<counter>
                            **timer.pop(), "step_seconds": time.perf_counter() - tick}
                 if metrics["distinct_frac"] < COLLAPSE_WARNING:
@@ -383,11 +429,12 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                     table = sample_table(batch, cfg.samples_to_log, g)
                     run.log(step, {**metrics, "samples": table})
                     run.log_text(step, "samples", "\n\n".join(f"**{r['reward']}** {r['completion']}" for r in table))
-                last = metrics
+                last, episode_stats = metrics, batch.metrics
                 bar.update(task, advance=1,
                            info=f"reward {metrics['reward_mean']:.3f} len {metrics['completion_len_mean']:.0f}")
                 run.maybe_save(step, steps)
 
         judge = {k.removeprefix("judge/"): v for k, v in rewards.judge_stats().items()}
-        summary = {"steps": steps, "reward_mean_last": last.get("reward_mean"), "prompts": len(prompts), "judge": judge}
+        summary = {"steps": steps, "reward_mean_last": last.get("reward_mean"), "prompts": len(prompts), "judge": judge,
+                   **episode_stats}
         return run.finish(steps, summary, processor, bad_rows)

@@ -42,8 +42,9 @@ from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.card import model_card
 
 # Everything a run writes into output.dir; output.overwrite=true removes exactly these.
+ENV_ERRORS_FILE = "env_errors.jsonl"  # multi-turn GRPO: episodes whose environment raised
 RUN_FILES = ("config.yaml", "metrics.jsonl", "tb", "checkpoints", "final", "run_summary.json", "skipped_rows.jsonl",
-             "wandb", "mlruns", "compute_report.json", "compute_report.md")
+             "wandb", "mlruns", "compute_report.json", "compute_report.md", ENV_ERRORS_FILE)
 # A directory holding any of these has seen training (config.yaml alone: a run that failed
 # before its first step, e.g. on a wrong model path, which is safe to start again).
 _TRAINED = RUN_FILES[1:]

@@ -122,7 +122,8 @@ def test_demo_model_patch_gives_one_token_per_cell(tmp_path: Path) -> None:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vlmtune.tasks.clarify.demo import DemoSettings, build_demo_model
+    from vlmtune.demos import build_demo_model
+    from vlmtune.tasks.clarify.demo import DemoSettings
 
     model_dir = build_demo_model(tmp_path / "m", DemoSettings(vision_patch=28))
     processor = AutoProcessor.from_pretrained(model_dir)

@@ -133,6 +133,7 @@ def convert(
     *,
     split: str | None = None,
     min_score: float | None = None,
+    per_turn: bool = False,
     columns: dict[str, str] | None = None,
     drop: Iterable[str] = (),
     image_dir: str | Path | None = None,
@@ -151,6 +152,8 @@ def convert(
             ``train``/``test`` files (``ambig``/``unambig``: the type of files whose name
             does not say).
         min_score: arlarena: keep trajectories with ``task_score > min_score``.
+        per_turn: arlarena: one sample per turn (its user message and answer, as the policy
+            saw that turn), not one conversation per trajectory.
         columns: Logical key -> the column name in your files, e.g. ``{"question":
             "prompt", "choices": "options", "answer": "label", "image": "img"}``.
         drop: carepilot: prompt sections to leave out (``grounding``, ``short_term``,
@@ -180,6 +183,7 @@ def convert(
         columns=_columns(conv, columns),
         split=split,
         min_score=min_score,
+        per_turn=per_turn,
         drop=_drop(conv, drop),
         image_dir=Path(image_dir).absolute() if image_dir is not None else None,
         actions=None if actions is None else carepilot.normalize_actions(actions),
@@ -290,6 +294,9 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                                    "whose name does not say; llamafactory: dataset_info.json entry name(s), "
                                    "comma-separated")
     p.add_argument("--min-score", type=float, help="arlarena: keep trajectories with task_score > X (seed: 0.9)")
+    p.add_argument("--per-turn", action="store_true",
+                   help="arlarena: one sample per turn (the prompt the policy saw and its answer), "
+                        "not one conversation per trajectory")
     p.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
                    help="rename a column, e.g. --column question=prompt --column answer=label")
     p.add_argument("--drop", action="append", default=[], metavar="SECTION",
@@ -332,6 +339,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         result = convert(
             args.fmt, args.input, args.output, split=args.split, min_score=args.min_score,
+            per_turn=args.per_turn,
             columns=parse_columns(args.column), drop=drop, image_dir=args.image_dir,
             actions=split_list([args.actions]) if args.actions else None,
             embed_images=not args.no_embed_images, progress=not args.no_progress,

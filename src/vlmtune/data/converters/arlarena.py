@@ -22,7 +22,10 @@ place; a turn with an image but no marker gets the image in front of its user te
 Conversation: the first turn's system message (if any), then per turn one user message (the
 turn's user inputs joined; assistant inputs, i.e. replayed history, are left out since the
 previous turns are already in the conversation) and one assistant message (``outputs``).
-``min_score`` keeps trajectories with ``task_score > min_score`` (the seed used 0.9); others
+With ``per_turn`` each turn becomes its own sample instead: the (system and) user message
+of that turn with its images, and its answer -- the prompt a policy that sees one turn at a
+time (``vlmtune rollout``, ``vlmtune grpo`` with ``env``) is given; ``meta.step`` numbers
+the turns. ``min_score`` keeps trajectories with ``task_score > min_score`` (the seed used 0.9); others
 are counted as skipped with reason ``below_min_score``. Rows are 0-based trajectory indices
 within their file; ``meta.source_file`` names the file (``sample_idx`` restarts per file).
 """
@@ -47,7 +50,7 @@ _FORMATS = ("png_base64", "jpeg_base64", "jpg_base64", "base64")
 
 
 def samples(ctx: Context) -> Iterator[Sample]:
-    """Yield one sample per kept trajectory (see the module docstring)."""
+    """Yield one sample per kept trajectory, or per turn of it (see the module docstring)."""
     for file in ctx.files((".json", ".parquet")):
         for row, traj in _trajectories(file, ctx):
             try:
@@ -58,9 +61,25 @@ def samples(ctx: Context) -> Iterator[Sample]:
             except BadSample as e:
                 ctx.bad(file, row, e.reason, e.detail)
                 continue
-            sample.meta["source_file"] = file.name
-            sample.source = (str(file), row)
-            yield sample
+            for part in split_turns(sample) if ctx.per_turn else [sample]:
+                part.meta["source_file"] = file.name
+                part.source = (str(file), row)
+                yield part
+
+
+def split_turns(sample: Sample) -> list[Sample]:
+    """One sample per user/assistant pair of a conversation (a leading system message kept
+    in each), with the images of that user turn; ``meta.step`` is the turn's index."""
+    system = [m for m in sample.messages[:1] if m["role"] == "system"]
+    rest = sample.messages[len(system):]
+    images = iter(sample.images)
+    out = []
+    for step in range(0, len(rest) - 1, 2):
+        user, answer = rest[step], rest[step + 1]
+        n = sum(1 for p in user["content"] if p["type"] == "image")
+        out.append(Sample(messages=[*system, user, answer], images=[next(images) for _ in range(n)],
+                          meta={**sample.meta, "step": step // 2}))
+    return out
 
 
 def _trajectories(file: Path, ctx: Context) -> Iterator[Record]:

@@ -62,6 +62,7 @@ class Context:
         split: Format-specific split selector (robo2vlm and abl ``train``/``test``; abl
             also ``ambig``/``unambig`` for files whose name does not say).
         min_score: Keep only trajectories with ``task_score > min_score`` (arlarena).
+        per_turn: One sample per turn instead of one conversation per trajectory (arlarena).
         drop: Prompt sections to leave out (carepilot).
         image_dir: Folder relative image paths are resolved against (default: the data
             file's folder).
@@ -74,6 +75,7 @@ class Context:
     bad_rows: BadRows = field(default_factory=BadRows)
     split: str | None = None
     min_score: float | None = None
+    per_turn: bool = False
     drop: frozenset[str] = frozenset()
     image_dir: Path | None = None
     actions: tuple[str, ...] | None = None

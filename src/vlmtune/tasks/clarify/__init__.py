@@ -2,8 +2,8 @@
 
 ``data`` synthesis (``vlmtune synth clarify``), ``judge`` (rule judge, prompts in
 ``templates/``), ``rewards`` (``aqua``, ``clarify_rubric``), ``metrics`` and ``clarifyvlm``
-(ClarifyVLM's metrics), ``task`` (the scorer), ``report`` (its report sections), ``demo`` and
-``vision_warmup`` (``vlmtune demo``), ``recipes/``.
+(ClarifyVLM's metrics), ``task`` (the scorer), ``report`` (its report sections), ``demo``
+(``vlmtune demo``), ``recipes/``.
 """
 
 from vlmtune.tasks.clarify.task import ClarifyTask

@@ -260,7 +260,7 @@ def cell_labels(scene: list[dict], rows: int, cols: int) -> tuple[list[int], lis
     """Per image token of a ``rows`` × ``cols`` grid (row-major): the shape type (index in
     :data:`TYPES`, ``len(TYPES)`` for an empty cell) and colour (index in :data:`COLOURS`,
     ``len(COLOURS)`` for empty) of the scene cell the token lies in. Labels for
-    :func:`vlmtune.tasks.clarify.vision_warmup.warm_up_vision`."""
+    :func:`vlmtune.train.vision_warmup.warm_up_vision`."""
     by_cell = {tuple(o["cell"]): o for o in scene}
     colours = list(COLOURS)
     types, tints = [], []

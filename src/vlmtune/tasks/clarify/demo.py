@@ -2,7 +2,7 @@
 a tiny model built on the spot.
 
 synthesize clarify data (type-first references; optional counting questions) -> vision
-warm-up (per-token shape type and colour; :mod:`vlmtune.tasks.clarify.vision_warmup`) -> baseline
+warm-up (per-token shape type and colour; :mod:`vlmtune.train.vision_warmup`) -> baseline
 eval -> SFT (full) -> eval -> GRPO from the SFT weights with the offline rule judge
 (``aqua`` reward; Dr. GRPO advantages, not divided by the group's spread, so a colour slip
 (reward 1 vs 0.7) weighs a third of a wrong strategy (1 vs 0) instead of as much) -> eval;
@@ -24,7 +24,7 @@ baseline), the size of the stage's effect even when its gains and losses cancel 
 right strategy with a false statement, 0 wrong strategy) of the stage's greedy responses
 on the held-out eval split, so the three stages are scored on the same prompts.
 
-The tiny model is the factory's Qwen2-VL (:func:`vlmtune.models.tiny.make_tiny`) with its
+The tiny model is the factory's Qwen2-VL (:func:`vlmtune.demos.build_demo_model`) with its
 saved ``config.json`` edited to the demo's shape (:class:`DemoSettings`: vision depth and
 width, text layers) and re-initialised from that config with the same seed. Everything
 is deterministic by seed; timings depend on the machine.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,11 +42,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["DemoSettings", "FAST", "FULL", "PREPASS_PROCS", "build_demo_model", "changed_responses", "run_demo",
-           "sft_data", "warm_up_demo_vision"]
+from vlmtune.demos import PREPASS_PROCS, StageClock, build_demo_model, warm_up_and_save
+
+__all__ = ["DemoSettings", "FAST", "FULL", "changed_responses", "run_demo", "sft_data", "warm_up_demo_vision"]
 
 STAGES = ("baseline", "sft", "grpo")
-PREPASS_PROCS = min(4, os.cpu_count() or 1)  # data.num_proc of the SFT pre-pass
 LEVELS = ("L0", "L1", "L2", "L3")
 
 
@@ -93,67 +92,17 @@ FAST = DemoSettings(n_train=32, n_eval=16, vision_warmup_steps=2, vision_warmup_
                     eval_batch=16, eval_max_new_tokens=24)
 
 
-def build_demo_model(out: Path, s: DemoSettings) -> Path:
-    """The factory's tiny Qwen2-VL, reshaped as ``s`` says and re-initialised by seed."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from vlmtune.models.tiny import make_tiny
-
-    make_tiny("qwen2_vl", out, seed=s.seed)
-    if s.vision_patch is None and s.vision_depth is None and s.vision_width is None and s.text_layers is None:
-        return out
-    path = out / "config.json"
-    cfg = json.loads(path.read_text())
-    vision, text = cfg["vision_config"], cfg["text_config"]
-    if s.vision_patch is not None:
-        vision["patch_size"] = s.vision_patch
-        _set_processor_patch(out, s.vision_patch)
-    if s.vision_depth is not None:
-        vision["depth"] = s.vision_depth
-    if s.vision_width is not None:
-        vision["embed_dim"] = s.vision_width
-        vision["num_heads"] = max(1, s.vision_width // 16)
-    if s.text_layers is not None:
-        text["num_hidden_layers"] = s.text_layers
-        text["layer_types"] = ["full_attention"] * s.text_layers
-    path.write_text(json.dumps(cfg, indent=2))
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(s.seed)
-        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
-    finally:
-        torch.random.set_rng_state(state)
-    model.generation_config.do_sample = False
-    for f in out.glob("model*.safetensors*"):
-        f.unlink()
-    model.save_pretrained(out)
-    return out
-
-
 def warm_up_demo_vision(model_dir: Path, train_path: Path, s: DemoSettings) -> dict[str, Any]:
     """Train the demo model's vision tower on each image token's cell (shape type, colour),
     from the scene facts of the training samples; saves the model back in place."""
-    import torch
-
     from vlmtune.data.readers import read_samples
-    from vlmtune.models.loading import load_for_inference
     from vlmtune.tasks.clarify.data import COLOURS, TYPES, cell_labels
-    from vlmtune.tasks.clarify.vision_warmup import warm_up_vision
 
     samples, _ = read_samples(train_path)
     scenes = [x.meta["scene"] for x in samples]
-    images = _LazyImages(samples)
-    loaded = load_for_inference(model_dir)  # float32, with the loader's defaults (patch embedding)
-    model, processor = loaded.model, loaded.processor
-    torch.manual_seed(s.seed)
-    result = warm_up_vision(model, processor, images, lambda i, h, w: cell_labels(scenes[i], h, w),
+    return warm_up_and_save(model_dir, _LazyImages(samples), lambda i, h, w: cell_labels(scenes[i], h, w),
                             (len(TYPES) + 1, len(COLOURS) + 1), steps=s.vision_warmup_steps,
                             batch_size=s.vision_warmup_batch, seed=s.seed)
-    for f in model_dir.glob("model*.safetensors*"):
-        f.unlink()
-    model.save_pretrained(model_dir)
-    return result
 
 
 class _LazyImages:
@@ -178,16 +127,6 @@ def sft_data(data: dict[str, Path], out: Path) -> Path:
         for part in (data["train"], data["counting"]):
             f.write(part.read_text(encoding="utf-8"))
     return out
-
-
-def _set_processor_patch(model_dir: Path, patch: int) -> None:
-    """Make the saved image/video processors cut ``patch``-px patches (merged 2x2 per token)."""
-    path = model_dir / "processor_config.json"
-    cfg = json.loads(path.read_text())
-    for key in ("image_processor", "video_processor"):
-        cfg[key]["patch_size"] = patch
-        cfg[key]["size"]["shortest_edge"] = (2 * patch) ** 2  # at least one merged token
-    path.write_text(json.dumps(cfg, indent=2))
 
 
 def _reward_mean(eval_dir: Path, data_path: Path) -> float:
@@ -272,14 +211,10 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     from vlmtune.train.sft import run_sft
 
     s = settings or (FAST if fast else FULL)
-    console, start = Console(), time.perf_counter()
+    console, clock = Console(), StageClock()
+    mark = clock.mark
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def mark(name: str, since: float) -> float:
-        timings[name] = round(time.perf_counter() - since, 1)
-        return time.perf_counter()
 
     tick = time.perf_counter()
     console.print(f"[bold]1/6[/] synthesizing {s.n_train} + {s.n_eval} clarify samples ({s.image_size} px, "
@@ -347,8 +282,8 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
 
     write_report(out / "report", {k: stages[k] for k in STAGES}, task=ClarifyTask(),
                  title="vlmtune demo: baseline vs SFT vs SFT+GRPO (tiny Qwen2-VL, clarify task)")
-    summary["wall_seconds"] = round(time.perf_counter() - start, 1)
-    summary["timings"] = timings
+    summary["wall_seconds"] = clock.wall()
+    summary["timings"] = clock.timings
     summary["settings"] = {**asdict(s), "fast": fast, "prompt_variant": prompt_variant}
     summary["train"] = {"vision_warmup": warmup, "sft_loss_last": sft_summary.get("train_loss_last"),
                         "sft_eval_loss": sft_summary.get("eval_loss"),

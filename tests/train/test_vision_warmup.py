@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vlmtune.tasks.clarify.data import COLOURS, TYPES, cell_labels, clarify_samples
-from vlmtune.tasks.clarify.vision_warmup import warm_up_vision
+from vlmtune.train.vision_warmup import warm_up_vision
 
 pytestmark = pytest.mark.timeout(120)
 
