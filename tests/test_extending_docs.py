@@ -1,9 +1,10 @@
 """docs/extending.md's examples, read from the page and run: a task of one's own (eval on a
 tiny model through the CLI, by file and by module; its demo hook), a reward of one's own in
 a recipe, a data format of one's own through `vlmtune convert`, an RL loss and an advantage
-scale of one's own (hand-computed values, then one GRPO step with both), an environment of
-one's own (`vlmtune env show`, `vlmtune rollout` with the solver and with a model), and a
-generation backend of one's own (`vlmtune eval` through a real `vlmtune serve` on loopback)."""
+scale of one's own (hand-computed values, then one GRPO step with both), an environment and a
+multi-turn advantage estimator of one's own (`vlmtune env show`, `vlmtune rollout` with the
+solver and with a model, one multi-turn GRPO step), and a generation backend of one's own
+(`vlmtune eval` through a real `vlmtune serve` on loopback)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def shapes(tmp_path_factory) -> Path:
 
 def test_the_page_has_every_example():
     assert {"my_task.py", "my_rewards.py", "grpo_my_reward.yaml", "my_format.py", "my_loss.py", "my_scale.py",
-            "my_env.py", "my_backend.py"} <= set(doc_files())
+            "my_advantage.py", "my_env.py", "my_backend.py"} <= set(doc_files())
 
 
 def test_own_task_by_file_through_eval_cli(workdir, shapes, tiny_model_dir, capsys):
@@ -199,3 +200,29 @@ def test_own_generation_backend_against_a_real_server(workdir, shapes, tiny_mode
         return [json.loads(x)["response"] for x in (workdir / out / "predictions.jsonl").read_text().splitlines()]
 
     assert responses("http") == responses("local") and len(responses("local")) == 6
+
+
+def test_own_multi_turn_advantage_by_hand(workdir):
+    import torch
+
+    from vlmtune.registry import ADVANTAGES
+
+    rloo = ADVANTAGES.get("my_advantage.py:rloo")
+    adv, groups = rloo(torch.tensor([1.0, 0.0, 0.0, 0.0]), 2, torch.tensor([0, 0, 1, 2, 3]), torch.zeros(5),
+                       ["a", "a", "a", "b", "b"])
+    assert adv.tolist() == [1.0, 1.0, -1.0, 0.0, 0.0] and groups.shape == (5,)
+    nan = float("nan")
+    adv, _ = rloo(torch.tensor([1.0, nan, 2.0, 0.0, 1.0, 3.0, nan, 5.0, nan]), 3, torch.arange(9), torch.zeros(9),
+                  list("abcdefghi"))
+    # a broken episode (NaN) is left out of its group's baseline; a lone valid episode has none: 0
+    assert adv.tolist() == [-1.0, 0.0, 1.0, -2.0, -0.5, 2.5, 0.0, 0.0, 0.0]
+
+
+def test_own_environment_and_advantage_in_multi_turn_grpo(workdir, tiny_model_dir):
+    out = workdir / "grpo-rloo"
+    assert main(["grpo", "env.name=my_env.py:ColourEnv", "grpo.advantage=my_advantage.py:rloo",
+                 f"model.path={tiny_model_dir('qwen2_vl')}", "train.max_steps=1", "grpo.num_generations=2",
+                 "grpo.prompts_per_step=2", "grpo.max_new_tokens=4", f"output.dir={out}", "output.report_to=[]",
+                 "--no-progress"]) == 0
+    (step,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 4 <= step["episode_turns_mean"] * 4 <= 12 and step["episodes_failed"] == 0

@@ -138,7 +138,7 @@ def distinct_fraction(completions: list[str], group_size: int) -> list[float]:
 
 
 def episode_advantages(episode_scores: Tensor, group_size: int, episode_of_step: Tensor,
-                       scale: Scale = "group", eps: float = 1e-4) -> Tensor:
+                       scale: str = "group", eps: float = 1e-4) -> Tensor:
     """Episode-level GRPO for multi-turn episodes: every step gets its episode's
     group-relative advantage.
 
