@@ -158,7 +158,8 @@ def test_own_loss_and_scale_by_hand(workdir):
 
 def test_own_loss_and_scale_in_a_grpo_run(workdir, shapes, tiny_model_dir):
     out = workdir / "grpo-mine"
-    rc = main(["grpo", "grpo_my_reward.yaml", "grpo.loss=my_loss.py:SEQ_MEAN_TOKEN_SUM", "grpo.scale=my_scale.py:max_abs",
+    rc = main(["grpo", "grpo_my_reward.yaml", "grpo.loss=my_loss.py:SEQ_MEAN_TOKEN_SUM",
+               "grpo.scale=my_scale.py:max_abs",
                f"model.path={tiny_model_dir('qwen2_vl')}", f"data.train_path={shapes / 'train.jsonl'}",
                "data.val_split=0", f"output.dir={out}", "output.report_to=[]", "--no-progress"])
     assert rc == 0

@@ -2,9 +2,10 @@
 
 A *policy* maps a batch of prompts to texts — ``policy(samples: list[Sample]) -> list[str]``
 — so a model (any generation backend, :func:`generator_policy`), the environments' own
-expert or a random player all plug in the same way, and so will the multi-turn RL engine. :func:`play_episodes` resets
-every environment, then each turn builds one prompt per unfinished episode, asks the policy
-once for the whole batch and steps each environment with its text. Every turn is kept as a
+expert, a random player and the multi-turn RL engine's recording policy all plug in the same
+way. :func:`play_episodes` resets every environment, then each turn builds one prompt per
+unfinished episode, asks the policy once for the whole batch and steps each environment with
+its text. Every turn is kept as a
 :class:`Turn` (the prompt sample, the response, the reward, the *anchor* — a hash of the
 observation the prompt showed, which GiGPO groups steps by — done, and the step info).
 
