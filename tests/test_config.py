@@ -35,6 +35,14 @@ def test_overrides_parse_yaml_values():
     ("train.max_steps=0", "'train.max_steps': must be 1 or more (or -1 to run train.epochs)"),
     ("train.max_steps=-3", "'train.max_steps': must be 1 or more"),
     ("train.on_nonfinite=ignore", "'stop' or 'skip'"),
+    # names of extension points are checked against their registry, nearest built-in named
+    ("grpo.scale=grop", "'grpo.scale': unknown advantage scale 'grop' (did you mean 'group'?)"),
+    ("grpo.loss=dapoo", "unknown loss 'dapoo' (did you mean 'dapo'?)"),
+    ("grpo.kl=k2", "unknown KL estimator 'k2'"),
+    ("generation.backend=hff", "unknown generation backend 'hff' (did you mean 'hf'?)"),
+    ("eval.judge=rul", "unknown judge 'rul' (did you mean 'rule'?)"),
+    ("demo.task=clarfy", "unknown task 'clarfy' (did you mean 'clarify'?)"),
+    ("generation.batch_size=0", "'generation.batch_size'"),
 ])
 def test_bad_recipes_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -62,3 +70,27 @@ def test_resume_and_overwrite_contradict():
     with pytest.raises(ConfigError, match="resume_from and output.overwrite=true contradict") as err:
         load_recipe(None, ["resume_from=auto", "output.overwrite=true"])
     assert "\n  resume_from and" in str(err.value)  # the validator's own words, no pydantic prefix
+
+
+def test_plugin_names_and_http_judge_pass_the_schema():
+    r = load_recipe(None, ["grpo.scale=my_scales.py:mad", "generation.backend=my_backend.py:Remote",
+                           "eval.judge=http", "generation.options={base_url: 'http://127.0.0.1:1'}"])
+    assert (r.grpo.scale, r.generation.backend, r.eval.judge) == ("my_scales.py:mad", "my_backend.py:Remote", "http")
+    assert r.generation.options == {"base_url": "http://127.0.0.1:1"}
+
+
+def test_flags_are_shorthands_and_overrides_win(tmp_path):
+    import argparse
+
+    from vlmtune.config import recipe_from_args
+
+    (tmp_path / "r.yaml").write_text("eval: {max_new_tokens: 10, task: mcq}\n")
+    args = argparse.Namespace(recipe=str(tmp_path / "r.yaml"), overrides=["eval.max_new_tokens=12"],
+                              max_new_tokens=11, task="generic", out=None)
+    r = recipe_from_args(args, {"max_new_tokens": "eval.max_new_tokens", "task": "eval.task", "out": "eval.out",
+                                "missing": "eval.judge"})
+    assert (r.eval.max_new_tokens, r.eval.task, r.eval.out, r.eval.judge) == (12, "generic", None, None)
+    # a first argument holding '=' is an override, not a recipe; flag values are not read as YAML
+    args = argparse.Namespace(recipe="eval.task=mcq", overrides=[], system_prompt="yes")
+    r = recipe_from_args(args, {"system_prompt": "data.system_prompt"})
+    assert (r.eval.task, r.data.system_prompt) == ("mcq", "yes")

@@ -30,19 +30,16 @@ def verb(name: str, help: str, args: Callable[[argparse.ArgumentParser], None]):
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", nargs="?", help="YAML recipe file, or a shipped recipe's name (e.g. sft_lora); "
-                                             "optional if every key is given as an override")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.path=DIR")
+    from vlmtune.config import add_recipe_args
+
+    add_recipe_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
 def _load(args: argparse.Namespace):
-    from vlmtune.config import load_recipe
+    from vlmtune.config import recipe_from_args
 
-    recipe, overrides = args.recipe, list(args.overrides)
-    if recipe and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
-        recipe, overrides = None, [recipe, *overrides]
-    return load_recipe(recipe, overrides)
+    return recipe_from_args(args)
 
 
 @verb("sft", "supervised fine-tuning (full, LoRA, QLoRA, freezing) from a YAML recipe", _recipe_args)
@@ -166,15 +163,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_FLAGS = {"task": "demo.task", "out": "demo.out", "fast": "demo.fast",
+              "prompt_variant": "demo.options.prompt_variant",
+              "options": lambda pairs: {f"demo.options.{k}": v for k, v in pairs}}
+"""Each flag of ``vlmtune demo`` is a shorthand for a recipe key (``config.recipe_from_args``)."""
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="clarify", type=_registry_arg("TASKS"), metavar="TASK",
-                   help="the task whose demo to run (default: clarify, the main job): any task with a demo hook, "
-                        "built-in or module:Name / file.py:Name")
-    p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("--prompt-variant", type=int, choices=[0, 1, 2], default=None,
-                   help="clarify: system prompt: 0 none (default), 1 short rule, 2 long rule (ClarifyVLM's variants)")
-    p.add_argument("--fast", action="store_true", help="a one-minute smoke version")
-    _set_arg(p, "task's demo")
+    from vlmtune.config import add_recipe_args
+
+    add_recipe_args(p)
+    g = p.add_argument_group("shorthands (each flag sets the recipe key named)")
+    g.add_argument("--task", type=_registry_arg("TASKS"), metavar="TASK",
+                   help="demo.task: the task whose demo to run (default: clarify, the main job): any task with a "
+                        "demo hook, built-in or module:Name / file.py:Name")
+    g.add_argument("--out", help="demo.out: output directory (default runs/demo)")
+    g.add_argument("--prompt-variant", type=int, choices=[0, 1, 2],
+                   help="demo.options.prompt_variant: clarify's system prompt: 0 none (default), 1 short rule, "
+                        "2 long rule (ClarifyVLM's variants)")
+    g.add_argument("--fast", action="store_true", default=None, help="demo.fast: a one-minute smoke version")
+    g.add_argument("--set", dest="options", action="append", type=_option, metavar="KEY=VALUE",
+                   help="demo.options.KEY: an option of the task's demo (repeatable; the value is read as YAML)")
 
 
 def demo_tasks() -> list[str]:
@@ -188,16 +197,16 @@ def demo_tasks() -> list[str]:
 @verb("demo", "the main job: a tiny VLM learns when to answer, enumerate or ask (synth, eval, SFT, GRPO); "
               "--task runs another task's demo", _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vlmtune.config import ConfigError
+    from vlmtune.config import ConfigError, recipe_from_args
     from vlmtune.eval.tasks import load_task
 
-    task = load_task(args.task)
+    cfg = recipe_from_args(args, DEMO_FLAGS).demo
+    task = load_task(cfg.task)
     demo = getattr(task, "demo", None)
     if not callable(demo):
-        raise ConfigError(f"task {args.task!r} has no demo hook (a demo(out, *, fast=False, **options) method); "
+        raise ConfigError(f"task {cfg.task!r} has no demo hook (a demo(out, *, fast=False, **options) method); "
                           f"tasks with one: {', '.join(demo_tasks())}")
-    call_with_options(demo, f"demo of task {args.task!r}", _given(args, "prompt_variant"), out=Path(args.out),
-                      fast=args.fast)
+    call_with_options(demo, f"demo of task {cfg.task!r}", cfg.options, out=Path(cfg.out), fast=cfg.fast)
     return 0
 
 
@@ -369,13 +378,10 @@ def _stops() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlmtune.config import parse_args
+
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow options (argparse stops positionals at an option)
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse_args(parser, argv)
     if getattr(args, "no_progress", False):
         hide_library_progress_bars()
     user_errors, stops = _user_errors(), _stops()

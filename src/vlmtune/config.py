@@ -1,24 +1,29 @@
 """The recipe schema: one typed tree, defaults in one place, validated before any work.
 
 A recipe is YAML with sections (``model``, ``data``, ``train``, ``lora``, ``quant``,
-``freeze``, ``eval``, ``output``, ``grpo``, ``rewards``, ``judge``, ``env``) plus dotted
-``key.sub=value`` overrides from the command line. Unknown keys and wrong types fail
-with the key's dotted path and, for a typo, the nearest valid key.
+``freeze``, ``eval``, ``output``, ``grpo``, ``env``, ``generation``, ``agent``, ``serve``,
+``demo``, ``rewards``, ``judge``) plus dotted ``key.sub=value`` overrides from the command
+line. Every verb reads the same schema; a verb's flags are shorthands for its keys
+(:func:`recipe_from_args`). Unknown keys and wrong types fail with the key's dotted path and,
+for a typo, the nearest valid key; a name of an extension point (loss, task, backend...) is
+checked against its registry with the nearest built-in.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vlmtune.registry import ADVANTAGES, ENVS, KL_ESTIMATORS, LOSSES, TASKS, pydantic_check
+from vlmtune.registry import (ADVANTAGE_SCALES, ADVANTAGES, ENVS, GENERATORS, JUDGES, KL_ESTIMATORS, LOSSES, TASKS,
+                              pydantic_check)
 
-AdvantageScale = Literal["group", "batch", "none"]  # the branches of train.advantages.group_advantages
 MULTI_TURN_GROUP_SIZE = 8  # episodes per initial state by default (GiGPO's Sokoban setup)
 
 
@@ -67,7 +72,8 @@ class DataSource(_Section):
 
 class DataConfig(_Section):
     train_path: str | list[str | DataSource] = Field("", description="Data file (JSONL/JSON/Parquet; canonical, TRL, ms-swift, ShareGPT or Alpaca rows), LLaMA-Factory folder (DIR, DIR:name), datasets save_to_disk folder (DIR, DIR:split) or cached dataset (hf:NAME[:split]); or a list of them, each a path or {path, weight} (a mixture: weight = times each row is used per epoch).")
-    eval_path: str | None = Field(None, description="Held-out file; overrides val_split.")
+    eval_path: str | None = Field(None, description="Held-out file; overrides val_split. vlmtune eval and agent: "
+                                                    "the data evaluated.")
     val_split: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when no eval_path.")
     on_bad_row: Literal["skip", "error"] = Field("skip", description="Skip and count bad rows, or stop.")
     on_too_long: Literal["drop", "error"] = Field(
@@ -76,7 +82,8 @@ class DataConfig(_Section):
         "all_assistant", description="Which tokens carry the loss (image/pad tokens never do).")
     system_prompt: str | None = Field(None, description="Prepended as a system turn when a sample has none.")
     shuffle: bool = Field(True, description="Shuffle the training order each epoch (seeded).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N rows (debugging).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows (debugging; vlmtune eval: of "
+                                                      "data.eval_path).")
     num_proc: int = Field(1, ge=1, description="Processes for the render-check pre-pass (spawned; used from 5,000 rows on).")
 
 
@@ -140,12 +147,103 @@ class FreezeConfig(_Section):
     language: bool | None = Field(None, description="Freeze the language model (default: no in full, yes in LoRA).")
 
 
+def _judge_name(value: str) -> str:
+    """``http`` (the recipe's judge section) or an offline judge of ``JUDGES``."""
+    return value if value == HTTP_JUDGE else pydantic_check(JUDGES)(value)
+
+
+HTTP_JUDGE = "http"
+
+
 class EvalConfig(_Section):
-    every: int = Field(0, ge=0, description="Eval loss every N steps; 0 = only at the end.")
-    batch_size: int = Field(4, ge=1, description="Eval batch size.")
-    max_new_tokens: int = Field(64, ge=1, description="Generation length at eval.")
+    """Evaluation: the eval loss of ``vlmtune sft``, and ``vlmtune eval`` (model ``model.path``,
+    data ``data.eval_path``, generation ``generation.*``)."""
+
+    every: int = Field(0, ge=0, description="sft: eval loss every N steps; 0 = only at the end.")
+    batch_size: int = Field(4, ge=1, description="sft: batch size of the eval loss.")
+    max_new_tokens: int = Field(64, ge=1, description="vlmtune eval: completion length limit.")
     task: Annotated[str, AfterValidator(pydantic_check(TASKS))] | None = Field(
-        None, description=f"Task whose metrics to compute: {TASKS.describe()}.")
+        None, description=f"vlmtune eval: how responses are scored: {TASKS.describe()}; None = generic.")
+    judge: Annotated[str, AfterValidator(_judge_name)] | None = Field(
+        None, description=f"vlmtune eval: judge of a task that takes one (clarify): an offline judge "
+                          f"({JUDGES.describe()}), '{HTTP_JUDGE}' = the recipe's judge section (an OpenAI-compatible "
+                          "endpoint), None = the task's default.")
+    max_length: int | None = Field(
+        None, ge=2, description="vlmtune eval: token limit of prompt + max_new_tokens; longer rows are skipped and "
+                                "listed (None = the model's context).")
+    out: str | None = Field(None, description="vlmtune eval: output directory; None = output.dir/eval.")
+
+
+class AgentConfig(_Section):
+    """``vlmtune agent`` (the gui_agent task): step-by-step prediction over a CarePilot CSV
+    (``data.eval_path``) with the model ``model.path``."""
+
+    image_dir: str | None = Field(None, description="Folder screenshots are resolved against; None = the CSV's.")
+    drop: list[str] = Field(default_factory=list, description="Prompt sections dropped at training (grounding, "
+                                                              "short_term, long_term), as given to convert.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Column renames {key: name}, as convert's.")
+    actions: list[str] | None = Field(None, description="The actions the prompt offers; None = the gold actions "
+                                                        "in the data.")
+    max_new_tokens: int = Field(256, ge=1, description="Completion length limit per step.")
+    out: str | None = Field(None, description="Output directory; None = output.dir/agent.")
+
+
+MIB = 1024 * 1024
+
+
+class ServeLimits(_Section):
+    """What one request may ask of ``vlmtune serve``; each breach is a 4xx before the work is done."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+    max_body_bytes: int = Field(32 * MIB, description="Request body size, counted as the bytes arrive (chunked "
+                                                      "bodies too); more -> 413.")
+    max_prompt_tokens: int | None = Field(None, description="Prompt tokens (image tokens included); None = the "
+                                                            "model's context length.")
+    max_new_tokens: int = Field(1024, description="Largest max_tokens a request may ask.")
+    default_max_tokens: int = Field(256, description="max_tokens when a request gives none (shrunk to fit the "
+                                                     "context).")
+    max_images: int = Field(8, description="Images in one request.")
+    max_image_pixels: int = Field(4096 * 4096, description="Width x height of one image, read from its header "
+                                                           "before decoding.")
+    max_request_pixels: int = Field(2 * 4096 * 4096, description="Width x height summed over a request's images "
+                                                                 "(decoded RGB costs 3 bytes a pixel).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> ServeLimits:
+        for name, value in self:
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (got {value})")
+        return self
+
+
+class ServeConfig(_Section):
+    """``vlmtune serve``: an OpenAI-compatible server over ``model.path`` (``model.base_model``,
+    ``model.gguf_file``, ``model.dtype``). The API key itself is never a recipe key
+    (``--api-key`` or, better, ``serve.api_key_env``)."""
+
+    host: str = Field("127.0.0.1", description="Address to bind (127.0.0.1: this machine only).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    api_key_env: str | None = Field(None, description="Require 'Authorization: Bearer KEY', KEY read from this "
+                                                      "environment variable.")
+    model_name: str | None = Field(None, description="Model id reported by /v1/models; None = the directory or "
+                                                     "GGUF file name.")
+    max_concurrency: int = Field(1, ge=1, description="Generate calls run at once; further requests queue.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's choice (on a busy CPU, "
+                                                        "cores / max_concurrency is often much faster).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+    limits: ServeLimits = Field(default_factory=ServeLimits)
+
+
+class DemoConfig(_Section):
+    """``vlmtune demo``: a task's demo hook, ``demo(out, *, fast=False, **options)``."""
+
+    task: Annotated[str, AfterValidator(pydantic_check(TASKS))] = Field(
+        "clarify", description="The task whose demo runs (any task with a demo hook).")
+    out: str = Field("runs/demo", description="Output directory.")
+    fast: bool = Field(False, description="A one-minute smoke version.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The demo's own keyword options (clarify: "
+                                                                      "prompt_variant).")
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive", "swanlab"]
@@ -181,7 +279,9 @@ class GrpoConfig(_Section):
     eps_low: float = Field(0.2, ge=0, description="Lower clip: ratio >= 1 - eps_low.")
     eps_high: float | None = Field(None, ge=0, description="None = eps_low (symmetric clip).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c (e.g. 3.0).")
-    scale: AdvantageScale = Field("group", description="Advantage std scaling (none = Dr. GRPO).")
+    scale: Annotated[str, AfterValidator(pydantic_check(ADVANTAGE_SCALES))] = Field(
+        "group", description=f"What centred rewards are divided by: {ADVANTAGE_SCALES.describe()} (group std, "
+                             "batch std, none = Dr. GRPO).")
     advantage: Annotated[str, AfterValidator(pydantic_check(ADVANTAGES))] = Field(
         "grpo", description="Advantage estimator: grpo (group-relative; with env: per episode, return = task "
                             "score) or gigpo (with env: episode-level + omega x step-level over anchor states).")
@@ -216,7 +316,18 @@ class EnvConfig(_Section):
     seed: int = Field(0, ge=0, description="Initial states of training are seeds seed, seed+1, ... (one per group).")
     num_states: int | None = Field(
         None, ge=1, description="Cycle through this many initial states; None = a fresh one for every group.")
-    generation_batch: int = Field(64, ge=1, description="Prompts per generate call while playing episodes.")
+
+
+class GenerationConfig(_Section):
+    """How completions are generated, by every verb that generates (grpo, eval, agent)."""
+
+    backend: Annotated[str, AfterValidator(pydantic_check(GENERATORS))] = Field(
+        "hf", description=f"Generation backend: {GENERATORS.describe()} (docs/extending.md).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Prompts per generation call; None = the verb's default: 1 for grpo (each prompt's "
+                                "G completions in one call), 64 for grpo with env.name (a turn of every live "
+                                "episode), 8 for eval and agent.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The backend's own keyword arguments.")
 
 
 class RewardSpec(_Section):
@@ -255,6 +366,10 @@ class Recipe(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
     rewards: list[RewardSpec] = Field(default_factory=list, description="GRPO rewards: [{fn, weight, name, kwargs}].")
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
@@ -355,9 +470,10 @@ def find_recipe(path: str | Path) -> Path:
     raise ConfigError(f"recipe not found: {path} (not a file; shipped recipes: {', '.join(sorted(known)) or 'none'})")
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe (a file, or a shipped recipe by name; or start from defaults), apply
-    dotted overrides, validate."""
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                values: dict[str, Any] | None = None) -> Recipe:
+    """Read a YAML recipe (a file, or a shipped recipe by name; or start from defaults), set
+    ``values`` (dotted key -> Python value: a verb's flags), apply dotted overrides, validate."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = find_recipe(path)
@@ -367,10 +483,50 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    for key, value in (values or {}).items():
+        _set_dotted(tree, key.split("."), value)
     for item in overrides:
         keys, value = parse_override(item)
         _set_dotted(tree, keys, value)
     return build_recipe(tree)
+
+
+Shorthand = str | Callable[[Any], dict[str, Any]]
+"""What a verb's flag stands for: a dotted recipe key, or a function of the flag's value
+returning ``{dotted key: value}`` (a flag in other units, or setting several keys)."""
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The arguments every recipe-reading verb takes: RECIPE, then ``key.sub=value`` overrides."""
+    p.add_argument("recipe", nargs="?", help="YAML recipe file, or a shipped recipe's name (e.g. sft_lora); "
+                                             "optional if every key is given as an override or flag")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 model.path=DIR")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, but ``key=value`` overrides may also follow options (argparse stops
+    filling positionals at the first option)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def recipe_from_args(args: argparse.Namespace, shorthands: dict[str, Shorthand] | None = None) -> Recipe:
+    """The recipe a verb runs: ``args.recipe`` (a first argument holding ``=`` is an override),
+    then each flag given (not None) set at its key (``shorthands``: flag dest -> key), then the
+    ``key=value`` overrides, which win."""
+    path, overrides = getattr(args, "recipe", None), list(getattr(args, "overrides", []) or [])
+    if path and "=" in str(path) and not str(path).endswith((".yaml", ".yml")):
+        path, overrides = None, [path, *overrides]
+    values: dict[str, Any] = {}
+    for dest, key in (shorthands or {}).items():
+        given = getattr(args, dest, None)
+        if given is not None:
+            values.update(key(given) if callable(key) else {key: given})
+    return load_recipe(path, overrides, values)
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

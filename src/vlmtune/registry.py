@@ -180,6 +180,13 @@ ADVANTAGES = _table("advantage estimator", "vlmtune.train.advantages", {
     "grpo": "group_advantages", "gigpo": "gigpo_advantages"})
 ENVS = Registry("environment", {
     "sokoban": "vlmtune.envs.sokoban:SokobanEnv", "gui_click": "vlmtune.envs.gui_click:GuiClickEnv"})
+# What group-centred rewards are divided by: fn(grouped rewards (num_groups, G), eps) -> divisor.
+ADVANTAGE_SCALES = _table("advantage scale", "vlmtune.train.advantages", {
+    "group": "group_std", "batch": "batch_std", "none": "no_scale"})
+# A generation backend: a class built as cls(model, processor, *, system_prompt, batch_size, **options)
+# whose generate(samples, params) returns completions (vlmtune.rollout.generator.Generator).
+GENERATORS = Registry("generation backend", {"hf": "vlmtune.rollout.hf:HFGenerator"},
+                      help={"hf": "transformers generate in this process, batched"})
 
 
 # A task is a class (or object) with ``name`` and ``score(samples, responses)``, plus optional
@@ -218,7 +225,8 @@ REWARDS = Registry("reward", {
 
 def all_registries() -> dict[str, Registry]:
     """Every registry by kind (for ``docs`` generation and the registry test)."""
-    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, ENVS, TASKS, SYNTH, JUDGES, REWARDS)}
+    return {r.kind: r for r in (LOSSES, KL_ESTIMATORS, ADVANTAGES, ADVANTAGE_SCALES, ENVS, GENERATORS, TASKS, SYNTH,
+                                JUDGES, REWARDS)}
 
 
 def pydantic_check(registry: Registry) -> Callable[[str], str]:

@@ -17,8 +17,8 @@ from vlmtune.data.sample import Sample
 from vlmtune.eval.run import add_eval_args, main, run_eval
 from vlmtune.registry import TASKS
 from vlmtune.models.loading import ModelLoadError, load_for_inference
-from vlmtune.rollout.batched import BatchedGenerator
-from vlmtune.rollout.hf import HFGenerator, SamplingParams
+from vlmtune.rollout.generator import SamplingParams, first_texts
+from vlmtune.rollout.hf import HFGenerator
 
 OUTPUTS = ("predictions.jsonl", "predictions.csv", "metrics.json", "report/index.html")
 
@@ -89,13 +89,14 @@ def test_batched_equals_one_at_a_time(tiny_model_dir, shapes_eval, family):
     loaded = load_for_inference(tiny_model_dir(family))
     params = SamplingParams(max_new_tokens=8, do_sample=False)
     system = "You are a careful assistant."
-    single = [r.texts[0] for r in HFGenerator(loaded.model, loaded.processor, system).generate(samples, 1, params)]
+    single = first_texts(HFGenerator(loaded.model, loaded.processor, system_prompt=system, batch_size=1
+                                     ).generate(samples, params))
     done = []
-    batched = BatchedGenerator(loaded.model, loaded.processor, system).generate(
-        samples, params, batch_size=4, on_batch=done.append)
-    assert batched == single
+    batched = HFGenerator(loaded.model, loaded.processor, system_prompt=system, batch_size=4).generate(
+        samples, params, on_batch=done.append)
+    assert first_texts(batched) == single
     assert sum(done) == len(samples) and len(done) == 2
-    enc = BatchedGenerator(loaded.model, loaded.processor).encode(samples[:3])
+    enc = HFGenerator(loaded.model, loaded.processor).encode(samples[:3])
     assert (enc["attention_mask"][:, -1] == 1).all() and (enc["attention_mask"][:, 0] == 0).any()  # left-padded
 
 
@@ -151,3 +152,44 @@ def test_generic_task_scores_against_final_assistant_turn():
     assert [r["correct"] for r in records] == [True, False, None]
     assert records[1]["token_f1"] == pytest.approx(2 / 3)
     assert agg["exact_match"] == 0.5 and agg["n_scored"] == 2 and agg["n_without_reference"] == 1
+
+
+def test_eval_takes_a_recipe_and_flags_are_shorthands(tmp_path, tiny_model_dir, shapes_eval, capsys):
+    """The recipe's eval.task, eval.max_new_tokens, data.* and generation.* apply; a flag sets its
+    key over the recipe's value; a dotted override wins over both; the resolved recipe is saved."""
+    import yaml
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"path": str(tiny_model_dir("qwen2_vl"))}, "data": {"eval_path": str(shapes_eval), "limit": 4},
+        "eval": {"task": "mcq", "max_new_tokens": 3}, "generation": {"batch_size": 2},
+        "output": {"dir": str(tmp_path / "run")}}))
+    assert main([str(recipe), "--no-progress"]) == 0
+    saved = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["run"]
+    assert (saved["task"], saved["max_new_tokens"], saved["n_samples"], saved["batch_size"]) == ("mcq", 3, 4, 2)
+    assert "config.yaml" in capsys.readouterr().out
+
+    out = tmp_path / "flags"
+    assert main([str(recipe), "eval.max_new_tokens=5", "--max-new-tokens", "4", "--task", "generic",
+                 "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "metrics.json").read_text())["run"]
+    assert (saved["task"], saved["max_new_tokens"]) == ("generic", 5)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["eval"]["task"] == "generic" and resolved["eval"]["out"] == str(out)
+
+
+def test_eval_without_model_or_data_says_which_key(tmp_path, shapes_eval, capsys):
+    assert main(["--data", str(shapes_eval), "--out", str(tmp_path)]) == 2
+    assert "needs a model: --model DIR (model.path=DIR)" in capsys.readouterr().err
+    assert main(["model.path=m", "--out", str(tmp_path)]) == 2
+    assert "needs data: --data FILE (data.eval_path=FILE)" in capsys.readouterr().err
+
+
+def test_judge_flag_maps_onto_recipe_keys(tmp_path):
+    from vlmtune.eval.run import judge_flag
+
+    assert judge_flag("rule") == {"eval.judge": "rule"}
+    assert judge_flag("http://127.0.0.1:9/v1") == {"eval.judge": "http", "judge.base_url": "http://127.0.0.1:9/v1"}
+    (tmp_path / "j.yaml").write_text("judge: {base_url: 'http://h:1/v1', model: m}\n")
+    mapped = judge_flag(str(tmp_path / "j.yaml"))
+    assert mapped["eval.judge"] == "http" and mapped["judge"]["model"] == "m"

@@ -112,14 +112,14 @@ def test_a_failing_batch_costs_only_its_bad_row(tiny_model_dir, data_with_huge_r
     from vlmtune.data.report import BadRows
     from vlmtune.eval.run import generate_all
     from vlmtune.models.loading import load_for_inference
-    from vlmtune.rollout.batched import BatchedGenerator
-    from vlmtune.rollout.hf import SamplingParams
+    from vlmtune.rollout.generator import SamplingParams
+    from vlmtune.rollout.hf import HFGenerator
 
     samples, _ = read_samples(data_with_huge_row.parent / "eval.jsonl", require_assistant=False)
     samples[1].images = [str(data_with_huge_row.parent / "vanished.png")]
     loaded = load_for_inference(tiny_model_dir("qwen2_vl"))
     bad, done = BadRows(), []
-    kept, responses = generate_all(BatchedGenerator(loaded.model, loaded.processor), samples,
+    kept, responses = generate_all(HFGenerator(loaded.model, loaded.processor, batch_size=3), samples,
                                    SamplingParams(max_new_tokens=2, do_sample=False), 3, bad, data_with_huge_row,
                                    done.append)
     assert len(kept) == len(responses) == 5 and samples[1] not in kept and done == [3, 3]

@@ -1,5 +1,5 @@
 """Generation stops at the family's end tokens: a family entry with a different end-of-turn
-token ends completions there, in the GRPO generator and the batched evaluation one."""
+token ends completions there, one prompt at a time (GRPO's default) and batched (eval's)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample
 from vlmtune.models.families import get_family
-from vlmtune.rollout.batched import BatchedGenerator
-from vlmtune.rollout.hf import HFGenerator, SamplingParams
+from vlmtune.rollout.generator import SamplingParams, first_texts
+from vlmtune.rollout.hf import HFGenerator
 
 pytestmark = pytest.mark.timeout(120)
 GREEDY = SamplingParams(max_new_tokens=5, do_sample=False)
@@ -35,17 +35,17 @@ def qwen(tiny_model_dir):
 def test_a_family_with_another_end_of_turn_stops_there(qwen):
     model, processor = qwen
     fam = get_family("qwen2_vl")
-    plain = HFGenerator(model, processor).generate([prompt()], 1, GREEDY)[0]
-    first = int(plain.completion_ids[0, 0])
-    assert int(plain.mask.sum()) > 1 and first not in HFGenerator(model, processor).end_ids  # precondition
+    [[plain]] = HFGenerator(model, processor, batch_size=1).generate([prompt()], GREEDY)
+    first = int(plain.ids[0])
+    assert plain.tokens > 1 and first not in HFGenerator(model, processor).end_ids  # precondition
     # the greedy first token becomes the family's end of turn: the completion is that one token
     odd = replace(fam, end_of_turn=processor.tokenizer.convert_ids_to_tokens(first), stop_tokens=())
-    gen = HFGenerator(model, processor, family=odd)
+    gen = HFGenerator(model, processor, family=odd, batch_size=1)
     assert first in gen.end_ids
-    stopped = gen.generate([prompt()], 1, GREEDY)[0]
-    assert stopped.mask.tolist() == [[1]] and stopped.truncated == [False]
-    assert torch.equal(stopped.completion_ids[0, :1], plain.completion_ids[0, :1])
+    [[stopped]] = gen.generate([prompt()], GREEDY)
+    assert stopped.ids.tolist() == [first] and stopped.finish_reason == "stop" and not stopped.truncated
+    assert stopped.text == ""  # the end token is not text
 
-    batched = BatchedGenerator(model, processor, family=odd).generate([prompt(), prompt()], GREEDY)
-    assert batched == [processor.tokenizer.decode([first], skip_special_tokens=True).strip()] * 2
-    assert BatchedGenerator(model, processor).generate([prompt()], GREEDY) == [plain.texts[0]]
+    batched = HFGenerator(model, processor, family=odd).generate([prompt(), prompt()], GREEDY)
+    assert [[c.ids.tolist() for c in group] for group in batched] == [[[first]]] * 2
+    assert first_texts(HFGenerator(model, processor).generate([prompt()], GREEDY)) == [plain.text]

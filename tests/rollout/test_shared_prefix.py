@@ -9,7 +9,9 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample
 from vlmtune.models.families import FAMILIES, list_families
-from vlmtune.rollout.hf import HFGenerator, SamplingParams, completion_logps, group_inputs, shared_prefix_logps
+from vlmtune.batching.render import render_prompt
+from vlmtune.rollout.generator import SamplingParams
+from vlmtune.rollout.hf import HFGenerator, completion_logps, group_inputs, sample_groups, shared_prefix_logps
 
 
 def prompt_sample() -> Sample:
@@ -25,8 +27,9 @@ def test_same_logps_and_gradients_as_padded_path(family, tiny_model_dir):
     path = tiny_model_dir(family)
     model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
     torch.manual_seed(0)
-    gen = HFGenerator(model, processor)
-    rollout = gen.generate([prompt_sample()], 3, SamplingParams(max_new_tokens=6, temperature=1.5))[0]
+    gen = HFGenerator(model, processor, batch_size=1)
+    [rollout] = sample_groups(gen, [prompt_sample()], SamplingParams(max_new_tokens=6, temperature=1.5, n=3),
+                              lambda s: render_prompt(s, processor), gen.pad_id)
     mask = rollout.mask.bool()
     results = []
     for shared in (False, True):

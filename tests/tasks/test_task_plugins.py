@@ -127,3 +127,11 @@ def test_synth_builtin_user_and_bad_option(plugins, capsys):
     assert main(["synth", "clarify", "c", "--n", "4", "--eval-n", "0", "--prompt-variant", "1"]) == 0
     out = capsys.readouterr().out
     assert "train: " in out and "eval: " not in out and "wrote" in paths
+
+
+def test_demo_takes_a_recipe(plugins):
+    (plugins / "demo.yaml").write_text("demo: {task: plugins.py:WithDemo, out: from-recipe, options: {size: 2}}\n")
+    assert main(["demo", "demo.yaml", "--fast"]) == 0
+    assert json.loads((plugins / "from-recipe" / "demo.json").read_text()) == {"fast": True, "size": 2}
+    assert main(["demo", "demo.yaml", "--set", "size=5", "demo.out=over"]) == 0
+    assert json.loads((plugins / "over" / "demo.json").read_text()) == {"fast": False, "size": 5}

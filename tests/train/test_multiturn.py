@@ -13,13 +13,13 @@ import torch
 
 from vlmtune.cli import main
 from vlmtune.config import ConfigError, load_recipe
-from vlmtune.rollout.batched import Completion
 from vlmtune.rollout.episodes import Episode, Turn, anchor_hash, prompt_sample
+from vlmtune.rollout.generator import Completion, SamplingParams
+from vlmtune.rollout.hf import Rollout
 from vlmtune.train.advantages import episode_advantages, gigpo_advantages, group_advantages
 from vlmtune.train.multiturn import (
     EpisodeCollector,
     episode_metrics,
-    make_rollout,
     segment_groups,
     turn_advantages,
 )
@@ -114,13 +114,13 @@ def test_segment_groups_merge_identical_prompts_only():
     assert segment_groups(turns) == [[0, 1], [2, 4], [3]]
 
 
-def test_make_rollout_pads_completions():
-    a = Completion(torch.tensor([5, 6, 9]), torch.tensor([1, 1, 1]), False)
-    b = Completion(torch.tensor([7, 9, 3, 3]), torch.tensor([1, 1, 0, 0]), False)  # ended, then pad tokens
-    r = make_rollout([_turn(0, 1), _turn(0, 1)], [a, b], {"input_ids": torch.ones(1, 4, dtype=torch.long)},
-                     ["x", "y"], pad_id=0)
-    assert r.completion_ids.tolist() == [[5, 6, 9, 0], [7, 9, 0, 0]]
-    assert r.mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+def test_turns_with_one_prompt_make_one_padded_group():
+    a = Completion(torch.tensor([5, 6, 9]), "x", "stop")
+    b = Completion(torch.tensor([7, 9]), "y", "stop")
+    turn = _turn(0, 1)
+    r = Rollout.of(turn.prompt, {"input_ids": torch.ones(1, 4, dtype=torch.long)}, [a, b], pad_id=0)
+    assert r.completion_ids.tolist() == [[5, 6, 9], [7, 9, 0]]
+    assert r.mask.tolist() == [[1, 1, 1], [1, 1, 0]] and r.texts == ["x", "y"] and r.sample is turn.prompt
 
 
 def test_episode_metrics():
@@ -143,18 +143,22 @@ def tiny(tiny_model_dir) -> Path:
 def test_collector_batch_of_one_turn_episodes_is_single_turn_grpo(tiny: Path, tmp_path: Path):
     """One-turn episodes: the batch's advantages are exactly the single-turn engine's for the
     same rewards, turns with one prompt form one group, and a failed episode is not trained."""
+    from vlmtune.batching.render import render_prompt
     from vlmtune.models.loading import load_for_inference
+    from vlmtune.rollout.hf import HFGenerator
 
     loaded = load_for_inference(tiny)
     recipe = load_recipe(None, [f"env.name={USER_ENVS}:TrafficLightEnv", "grpo.num_generations=4",
                                 "grpo.prompts_per_step=2"])
-    collector = EpisodeCollector(recipe.env, recipe.grpo, loaded.model, loaded.processor, tmp_path)
+    gen = HFGenerator(loaded.model, loaded.processor)
+    collector = EpisodeCollector(recipe.env, recipe.grpo, gen, SamplingParams(),
+                                 lambda s: render_prompt(s, gen.processor), gen.pad_id, tmp_path)
     scores = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     episodes = []
     for i, s in enumerate(scores):
         turn = _turn(0, 10 if i < 4 else 20, response="go" if s else "wait")
         episodes.append(Episode(i, i // 4, i // 4, [turn], success=bool(s)))
-        collector.policy.records[(i, 0)] = Completion(torch.tensor([11 + i, 3]), torch.tensor([1, 1]), False)
+        collector.policy.records[(i, 0)] = Completion(torch.tensor([11 + i, 3]), turn.response, "stop")
     batch = collector.build(episodes)
     assert [r.completion_ids.shape[0] for r in batch.rollouts] == [4, 4]
     assert torch.allclose(batch.advantages, group_advantages(torch.tensor(scores), 4, "group"))

@@ -1,11 +1,14 @@
 """``vlmtune eval``: run a model (full or PEFT adapter) over an eval set and score it.
 
-Eval-only: needs a model directory and a data file, nothing else (no training data, no
-recipe). Steps: load the model (:func:`~vlmtune.models.loading.load_for_inference`), read
-the samples (a trailing assistant turn is the reference and is not shown to the model),
-generate greedily in batches (:class:`~vlmtune.rollout.batched.BatchedGenerator`), score
-with the task (:mod:`vlmtune.eval.tasks`: a built-in name of the ``TASKS`` table, or a task of
-your own as ``path/to/file.py:Name`` / ``module:Name``) and write to ``out_dir``:
+Needs a model directory and a data file, nothing else: ``vlmtune eval --model DIR --data
+FILE``, or any recipe with dotted overrides (``vlmtune eval clarifyvlm_sft --model DIR --data
+FILE``: each flag is a shorthand for a recipe key, ``EVAL_FLAGS``; the recipe's ``eval.task``,
+``eval.max_new_tokens``, ``data.system_prompt``, ``generation.*`` apply). Steps: load the
+model (:func:`~vlmtune.models.loading.load_for_inference`), read the samples (a trailing
+assistant turn is the reference and is not shown to the model), generate greedily in batches
+(the generation backend, :mod:`vlmtune.rollout.generator`), score with the task
+(:mod:`vlmtune.eval.tasks`: a built-in name of the ``TASKS`` table, or a task of your own as
+``path/to/file.py:Name`` / ``module:Name``) and write to ``out_dir``:
 
 A task may stop the run before the model loads when the data holds nothing it can score
 (its ``check``; a one-line error, exit code 2) and may turn the samples into the prompts to
@@ -21,7 +24,8 @@ generate for (its ``expand``: ``arlarena`` makes one per trajectory turn).
   unreadable or invalid rows, prompts over the token limit (``too_long``: the prompt plus
   ``max_new_tokens`` beyond ``--max-length``, by default the model's context), rows the
   processor or ``generate`` fails on. The rest are evaluated and written all the same;
-- ``report/index.html`` — the self-contained HTML report (:mod:`vlmtune.eval.report`).
+- ``report/index.html`` — the self-contained HTML report (:mod:`vlmtune.eval.report`);
+- ``config.yaml`` — the resolved recipe (from the CLI).
 
 Also runnable as ``python -m vlmtune.eval.run --model DIR --data FILE ...``.
 """
@@ -37,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlmtune.config import ConfigError
+from vlmtune.config import ConfigError, parse_args
+from vlmtune.rollout.generator import Generator, SamplingParams, build_generator, first_texts
 
 __all__ = ["add_eval_args", "cmd_eval", "run_eval", "write_predictions"]
 
@@ -80,14 +85,6 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled)
-
-
-def context_length(model: Any) -> int | None:
-    """The model's context in tokens (its text config's ``max_position_embeddings``), if stated."""
-    config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
-    return int(value) if value else None
 
 
 class PromptScreen:
@@ -152,22 +149,22 @@ def screen(samples: list, check: PromptScreen, bad_rows: Any, data_path: Path,
     return kept
 
 
-def generate_all(gen: Any, samples: list, params: Any, batch_size: int, bad_rows: Any, data_path: Path,
-                 on_batch: Callable[[int], Any]) -> tuple[list, list[str]]:
-    """Responses batch by batch; a batch ``generate`` fails on is retried one sample at a time and
-    the samples that still fail are skipped (recorded with the error), so one bad row never
-    costs the results of the others."""
+def generate_all(gen: Generator, samples: list, params: SamplingParams, batch_size: int, bad_rows: Any,
+                 data_path: Path, on_batch: Callable[[int], Any]) -> tuple[list, list[str]]:
+    """Responses ``batch_size`` samples at a time; a batch ``generate`` fails on is retried one
+    sample at a time and the samples that still fail are skipped (recorded with the error), so
+    one bad row never costs the results of the others."""
     kept, responses = [], []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         try:
-            texts = gen.generate(chunk, params, batch_size=batch_size)
+            texts = first_texts(gen.generate(chunk, params))
             kept += chunk
             responses += texts
         except (RuntimeError, ValueError, OSError):  # retried one sample at a time
             for j, sample in enumerate(chunk):
                 try:
-                    responses += gen.generate([sample], params, batch_size=1)
+                    responses += first_texts(gen.generate([sample], params))
                     kept.append(sample)
                 except (RuntimeError, ValueError, OSError) as exc:
                     first_line = (str(exc).splitlines() or [""])[0][:300]
@@ -181,7 +178,7 @@ def run_eval(model_path: str | Path, data_path: str | Path, task: Any = "generic
              out_dir: str | Path = "runs/eval", base_model: str | None = None, batch_size: int = 8,
              max_new_tokens: int = 64, system_prompt: str | None = None, limit: int | None = None,
              judge: Any = None, show_progress: bool = True, title: str | None = None,
-             max_length: int | None = None) -> dict:
+             max_length: int | None = None, backend: str = "hf", backend_options: dict | None = None) -> dict:
     """Evaluate and write predictions, metrics, skipped rows and the report; returns the metrics.
 
     Rows that cannot be evaluated (unreadable, invalid, a prompt plus ``max_new_tokens`` over
@@ -202,9 +199,7 @@ def run_eval(model_path: str | Path, data_path: str | Path, task: Any = "generic
     from vlmtune.data.report import DataError
     from vlmtune.eval.report import write_report
     from vlmtune.eval.tasks import get_task, question_of, sample_id
-    from vlmtune.models.loading import check_model_path, load_for_inference
-    from vlmtune.rollout.batched import BatchedGenerator
-    from vlmtune.rollout.hf import SamplingParams
+    from vlmtune.models.loading import check_model_path, context_length, load_for_inference
 
     start = time.perf_counter()
     scorer = get_task(task, judge=resolve_judge_arg(judge))
@@ -234,7 +229,8 @@ def run_eval(model_path: str | Path, data_path: str | Path, task: Any = "generic
         bar = progress.add_task("checking prompts", total=len(samples))
         check = PromptScreen(loaded.processor, system_prompt, token_limit, max_new_tokens, source)
         samples = screen(samples, check, bad_rows, data_path, lambda k: progress.advance(bar, k))
-        gen = BatchedGenerator(loaded.model, loaded.processor, system_prompt=system_prompt)
+        gen = build_generator(backend, loaded.model, loaded.processor, system_prompt=system_prompt,
+                              batch_size=batch_size, options=backend_options)
         params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
         bar = progress.add_task(f"eval {scorer.name}", total=len(samples))
         samples, responses = generate_all(gen, samples, params, batch_size, bad_rows, data_path,
@@ -337,27 +333,75 @@ def registry_arg(registry: Any) -> Any:
     return check
 
 
+def judge_flag(value: str) -> dict[str, Any]:
+    """``--judge``: an ``http(s)://`` base URL or a recipe ``.yaml`` (its ``judge`` section) ->
+    the recipe's HTTP judge; anything else names an offline judge (``eval.judge``)."""
+    from vlmtune.config import HTTP_JUDGE, load_recipe
+
+    if value.startswith(("http://", "https://")):
+        return {"eval.judge": HTTP_JUDGE, "judge.base_url": value}
+    if value.endswith((".yaml", ".yml")):
+        return {"eval.judge": HTTP_JUDGE, "judge": load_recipe(value).judge.model_dump()}
+    return {"eval.judge": value}
+
+
+EVAL_FLAGS = {"model": "model.path", "base_model": "model.base_model", "data": "data.eval_path",
+              "task": "eval.task", "out": "eval.out", "batch_size": "generation.batch_size",
+              "max_new_tokens": "eval.max_new_tokens", "limit": "data.limit", "max_length": "eval.max_length",
+              "system_prompt": "data.system_prompt", "judge": judge_flag}
+"""Each flag of ``vlmtune eval`` is a shorthand for a recipe key (``config.recipe_from_args``)."""
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
+    from vlmtune.config import add_recipe_args
     from vlmtune.registry import JUDGES, TASKS
 
-    p.add_argument("--model", required=True, help="model directory (full model or PEFT adapter)")
-    p.add_argument("--data", required=True, help="eval data file (.jsonl / .json / .parquet, canonical samples)")
-    p.add_argument("--task", default="generic", type=registry_arg(TASKS), metavar="TASK",
-                   help=f"how responses are scored (default: generic): {TASKS.describe_each()}")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--base-model", default=None, help="base model directory for an adapter "
+    add_recipe_args(p)
+    g = p.add_argument_group("shorthands (each flag sets the recipe key named)")
+    g.add_argument("--model", help="model.path: model directory (full model or PEFT adapter)")
+    g.add_argument("--data", help="data.eval_path: eval data (.jsonl / .json / .parquet, canonical samples)")
+    g.add_argument("--task", type=registry_arg(TASKS), metavar="TASK",
+                   help=f"eval.task: how responses are scored (default: generic): {TASKS.describe_each()}")
+    g.add_argument("--out", help="eval.out: output directory (default: output.dir/eval)")
+    g.add_argument("--base-model", help="model.base_model: base model directory for an adapter "
                    "(default: the adapter's base_model_name_or_path)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="default 64")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="token limit of prompt + --max-new-tokens; longer rows are skipped and listed in "
-                        "skipped_rows.jsonl (default: the model's context)")
-    p.add_argument("--system-prompt", default=None, help="system prompt added to each sample")
-    p.add_argument("--judge", default=None, help="judge of a task that takes one (clarify): an offline judge "
-                   f"({JUDGES.describe()}; the task's default), an OpenAI-compatible base URL, or a recipe "
-                   ".yaml whose judge section to use")
+    g.add_argument("--batch-size", type=int, help="generation.batch_size: prompts per generate call (default 8)")
+    g.add_argument("--max-new-tokens", type=int, help="eval.max_new_tokens (default 64)")
+    g.add_argument("--limit", type=int, help="data.limit: evaluate only the first N samples")
+    g.add_argument("--max-length", type=int,
+                   help="eval.max_length: token limit of prompt + --max-new-tokens; longer rows are skipped and "
+                        "listed in skipped_rows.jsonl (default: the model's context)")
+    g.add_argument("--system-prompt", help="data.system_prompt: system prompt added to each sample")
+    g.add_argument("--judge", help="eval.judge: judge of a task that takes one (clarify): an offline judge "
+                   f"({JUDGES.describe()}; the task's default), an OpenAI-compatible base URL (judge.base_url), or "
+                   "a recipe .yaml whose judge section to use")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def eval_out(recipe: Any) -> Path:
+    """Where ``vlmtune eval`` writes: ``eval.out``, by default ``output.dir/eval``."""
+    return Path(recipe.eval.out or Path(recipe.output.dir) / "eval")
+
+
+def run_recipe_eval(recipe: Any, show_progress: bool = True) -> dict:
+    """:func:`run_eval` with a recipe's keys (the resolved recipe is written to the output as
+    ``config.yaml``)."""
+    from vlmtune.config import HTTP_JUDGE, save_recipe
+
+    if not recipe.model.path:
+        raise ConfigError("vlmtune eval needs a model: --model DIR (model.path=DIR)")
+    if not recipe.data.eval_path:
+        raise ConfigError("vlmtune eval needs data: --data FILE (data.eval_path=FILE)")
+    out = eval_out(recipe)
+    judge = recipe.judge if recipe.eval.judge == HTTP_JUDGE else recipe.eval.judge
+    metrics = run_eval(recipe.model.path, recipe.data.eval_path, task=recipe.eval.task or "generic", out_dir=out,
+                       base_model=recipe.model.base_model, batch_size=recipe.generation.batch_size or 8,
+                       max_new_tokens=recipe.eval.max_new_tokens, system_prompt=recipe.data.system_prompt,
+                       limit=recipe.data.limit, judge=judge, show_progress=show_progress,
+                       max_length=recipe.eval.max_length, backend=recipe.generation.backend,
+                       backend_options=recipe.generation.options)
+    save_recipe(recipe, out / "config.yaml")
+    return metrics
 
 
 def _plain(v: Any, depth: int) -> bool:
@@ -375,15 +419,15 @@ def console_summary(metrics: dict) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = run_eval(args.model, args.data, task=args.task, out_dir=args.out, base_model=args.base_model,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       system_prompt=args.system_prompt, limit=args.limit, judge=args.judge,
-                       show_progress=not getattr(args, "no_progress", False),
-                       max_length=getattr(args, "max_length", None))
+    from vlmtune.config import recipe_from_args
+
+    recipe = recipe_from_args(args, EVAL_FLAGS)
+    metrics = run_recipe_eval(recipe, show_progress=not getattr(args, "no_progress", False))
+    out = eval_out(recipe)
     from vlmtune.eval.report import split_tables, text_table
     from vlmtune.eval.tasks import load_task
 
-    task = load_task(args.task)
+    task = load_task(recipe.eval.task or "generic")
     print(json.dumps(console_summary(metrics), indent=1, default=str))
     printed = getattr(task, "console_tables", None)  # default: every split table
     for key, title, table in split_tables(metrics, getattr(task, "report_tables", None)):
@@ -393,9 +437,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if run["skipped_rows"]:
         reasons = ", ".join(f"{k} {v}" for k, v in run["skipped_by_reason"].items())
         print(f"skipped {run['skipped_rows']} row(s) ({reasons}): each listed with file, row and reason in "
-              f"{Path(args.out) / 'skipped_rows.jsonl'}", file=sys.stderr)
-    print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, predictions.csv, skipped_rows.jsonl, "
-          "report/index.html")
+              f"{out / 'skipped_rows.jsonl'}", file=sys.stderr)
+    print(f"wrote {out / 'metrics.json'}, predictions.jsonl, predictions.csv, skipped_rows.jsonl, "
+          "report/index.html, config.yaml")
     return 0
 
 
@@ -405,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="vlmtune eval", description="evaluate a model on an eval set")
     add_eval_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     try:
         return cmd_eval(args)
     except (ConfigError, DataError, ModelLoadError, FileNotFoundError) as exc:

@@ -350,6 +350,17 @@ def pad_token_id(tokenizer: Any, end_ids: Iterable[int] = ()) -> int:
     return 0
 
 
+def context_length(model: Any) -> int | None:
+    """The language model's context length from its config, ``None`` when it names none."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        value = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def end_token_ids(model: Any, tokenizer: Any, family: Family | None = None) -> set[int]:
     """Token ids that end a completion: the generation config's EOS ids, the tokenizer's
     EOS, and the family's end-of-turn and stop tokens (a checkpoint whose generation config

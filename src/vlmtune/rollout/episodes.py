@@ -1,10 +1,11 @@
 """Multi-turn episodes: a batch of environments played in lock-step by one policy.
 
 A *policy* maps a batch of prompts to texts — ``policy(samples: list[Sample]) -> list[str]``
-— so a model (batched generation), the environments' own expert or a random player all
-plug in the same way, and so will the multi-turn RL engine. :func:`play_episodes` resets
-every environment, then each turn builds one prompt per unfinished episode, asks the policy
-once for the whole batch and steps each environment with its text. Every turn is kept as a
+— so a model (any generation backend, :func:`generator_policy`), the environments' own
+expert, a random player and the multi-turn RL engine's recording policy all plug in the same
+way. :func:`play_episodes` resets every environment, then each turn builds one prompt per
+unfinished episode, asks the policy once for the whole batch and steps each environment with
+its text. Every turn is kept as a
 :class:`Turn` (the prompt sample, the response, the reward, the *anchor* — a hash of the
 observation the prompt showed, which GiGPO groups steps by — done, and the step info).
 
@@ -30,10 +31,19 @@ from PIL import Image
 from vlmtune.data.converters.base import text_with_images
 from vlmtune.data.sample import Sample
 from vlmtune.envs.base import History, build_prompt
+from vlmtune.rollout.generator import Generator, SamplingParams, first_texts
 
 Policy = Callable[[list[Sample]], list[str]]
 """A batch of prompt samples -> one response text each, in order."""
 
+
+def generator_policy(generator: Generator, params: SamplingParams) -> Policy:
+    """A model as a policy: one completion of each prompt from a generation backend."""
+
+    def act(samples: list[Sample]) -> list[str]:
+        return first_texts(generator.generate(samples, params))
+
+    return act
 
 
 class RolloutError(ValueError):

@@ -1,32 +1,44 @@
-"""Generation through transformers' ``generate`` and the log-probabilities of what was
-generated. Other backends (vLLM, an OpenAI-compatible server) implement the same
-:class:`Generator` protocol and return the same :class:`Rollout`."""
+"""The transformers backend of the generation interface (:mod:`vlmtune.rollout.generator`),
+GRPO's groups built from any backend's completions, and the log-probabilities of what was
+generated.
+
+:class:`HFGenerator` is the ``hf`` entry of ``GENERATORS``: ``model.generate`` in this
+process, over the policy being trained (no copy) or a loaded model. It renders each prompt
+as :func:`~vlmtune.batching.render.render_prompt` does (same chat template, same system
+prompt, a trailing reference answer left out) and calls the *processor* once per batch of
+``batch_size`` prompts, left-padded, so image tensors come out laid out as the family
+expects for a batch (Qwen: concatenated patches + ``image_grid_thw``; LLaVA / Gemma3 /
+InternVL: stacked images; Idefics3: a per-sample image axis). Samples with and without
+images never share a processor call (processors want images for every text or none). A
+prompt's ``n`` completions come from one ``generate`` call that expands the encoded prompt
+``n`` times (``num_return_sequences``): the prompt and its images are processed once per
+group. Greedy outputs do not depend on ``batch_size`` (a test holds them side by side).
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from vlmtune.batching.collate import collate
-from vlmtune.batching.render import render_prompt
+from vlmtune.batching.render import prompt_text
 from vlmtune.data.sample import Sample
 from vlmtune.models.families import Family, family_for, find_family
 from vlmtune.models.loading import end_token_ids, pad_token_id
+from vlmtune.rollout.generator import Completion, Generator, SamplingParams
 
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    do_sample: bool = True
+__all__ = ["Completion", "HFGenerator", "Rollout", "SamplingParams", "completion_logps", "group_inputs",
+           "rollout_logps", "sample_groups", "shared_prefix_logps", "stop_and_pad_ids"]
 
 
 @dataclass
 class Rollout:
-    """G completions of one prompt.
+    """G completions of one prompt: a GRPO group.
 
     ``completion_ids`` is (G, T) right-padded with ``pad_id``; ``mask`` marks real tokens
     (the end-of-turn token included); ``truncated`` marks completions that hit
@@ -40,19 +52,26 @@ class Rollout:
     texts: list[str]
     truncated: list[bool]
 
+    @classmethod
+    def of(cls, sample: Sample, prompt: dict[str, torch.Tensor], completions: Sequence[Completion],
+           pad_id: int) -> Rollout:
+        """A group from its completions, right-padded to the longest."""
+        width = max(c.tokens for c in completions)
+        ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(completions), width), dtype=torch.long)
+        for row, c in enumerate(completions):
+            ids[row, :c.tokens], mask[row, :c.tokens] = c.ids, 1
+        return cls(sample, prompt, ids, mask, [c.text for c in completions], [c.truncated for c in completions])
 
-class Generator(Protocol):
-    def generate(self, samples: list[Sample], n: int, params: SamplingParams) -> list[Rollout]: ...
 
-
-def completion_mask(ids: torch.Tensor, end_ids: set[int]) -> tuple[torch.Tensor, list[bool]]:
-    """Mask up to and including the first end token of each row; rows without one are truncated."""
-    is_end = torch.zeros_like(ids, dtype=torch.bool)
-    for e in end_ids:
-        is_end |= ids == e
-    seen_before = torch.cumsum(is_end.int(), dim=1) - is_end.int()  # end tokens strictly before t
-    mask = seen_before == 0
-    return mask.long(), [not bool(row.any()) for row in is_end]
+def sample_groups(generator: Generator, samples: list[Sample], params: SamplingParams,
+                  prompt_inputs: Callable[[Sample], dict[str, torch.Tensor]], pad_id: int) -> list[Rollout]:
+    """GRPO's groups: ``params.n`` completions of each prompt from any backend, each with the
+    prompt's model inputs that the log-prob passes run on (``prompt_inputs``, i.e.
+    ``render_prompt``: what the ``hf`` backend generated from, and what a remote backend's
+    server saw)."""
+    completions = generator.generate(samples, params)
+    return [Rollout.of(s, prompt_inputs(s), group, pad_id) for s, group in zip(samples, completions)]
 
 
 def stop_and_pad_ids(model: Any, tokenizer: Any, family: Family | None = None) -> tuple[set[int], int]:
@@ -63,37 +82,175 @@ def stop_and_pad_ids(model: Any, tokenizer: Any, family: Family | None = None) -
 
 
 class HFGenerator:
-    """Sampling with the policy itself (no extra copy), one ``generate`` call per prompt.
-    Generation stops at the family's end tokens (``family`` defaults to the model's)."""
+    """The ``hf`` backend (module docstring). Generation stops at the family's end tokens
+    (``family`` defaults to the model's; none for a text-only model).
 
-    def __init__(self, model: Any, processor: Any, system_prompt: str | None = None,
-                 family: Family | None = None):
+    ``strip_text`` trims white space around each text: training and evaluation compare
+    trimmed answers; a server returns exactly what the model wrote. Safe to call from several
+    threads (``vlmtune serve``): the tokenizer is used under ``tokenizer_lock`` (fast
+    tokenizers are not thread-safe) and sampling takes the global torch RNG in turn.
+    """
+
+    def __init__(self, model: Any, processor: Any, *, system_prompt: str | None = None,
+                 family: Family | None = None, batch_size: int = 8, strip_text: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.processor, self.system_prompt = model, processor, system_prompt
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.batch_size, self.strip_text = batch_size, strip_text
         self.end_ids, self.pad_id = stop_and_pad_ids(model, self.tokenizer, family)
+        self.tokenizer_lock = threading.Lock()
+        self.rng_lock = threading.Lock()
 
-    @torch.no_grad()
-    def generate(self, samples: list[Sample], n: int, params: SamplingParams) -> list[Rollout]:
-        was_training = self.model.training
-        self.model.eval()
-        out = [self._one(s, n, params) for s in samples]
-        self.model.train(was_training)
+    def generate(self, samples: Sequence[Sample], params: SamplingParams, *,
+                 on_batch: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """The :class:`~vlmtune.rollout.generator.Generator` method: ``params.n`` completions
+        of each sample, ``batch_size`` samples per ``generate`` call."""
+        out: list[list[Completion]] = [[] for _ in samples]
+        for start in range(0, len(samples), self.batch_size):
+            idx = range(start, min(start + self.batch_size, len(samples)))
+            for group in ([i for i in idx if samples[i].images], [i for i in idx if not samples[i].images]):
+                if group:
+                    inputs = self.encode([samples[i] for i in group])
+                    for i, completions in zip(group, self.generate_encoded(inputs, params)):
+                        out[i] = completions
+            if on_batch is not None:
+                on_batch(len(idx))
         return out
 
-    def _one(self, sample: Sample, n: int, params: SamplingParams) -> Rollout:
-        prompt = render_prompt(sample, self.processor, system_prompt=self.system_prompt)
+    def encode(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        """Processor outputs for a batch of prompts, left-padded (all with images or none)."""
+        texts = [prompt_text(s, self.processor, self.system_prompt) for s in samples]
+        images = [s.load_images() for s in samples]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "add_special_tokens": False}
+        if len(samples) > 1:  # (a tokenizer without a pad token refuses padding=True even for one text)
+            kwargs["padding"] = True
+        if any(images):
+            if not all(images):
+                raise ValueError("encode: a batch mixes samples with and without images")
+            kwargs["images"] = images
+        with self.tokenizer_lock:
+            old_side = getattr(self.tokenizer, "padding_side", "right")
+            self.tokenizer.padding_side = "left"
+            try:
+                return dict(self.processor(**kwargs))
+            finally:
+                self.tokenizer.padding_side = old_side
+
+    def generate_encoded(self, inputs: dict[str, Any], params: SamplingParams, *,
+                         cancel: threading.Event | None = None,
+                         on_text: Callable[[str], None] | None = None) -> list[list[Completion]]:
+        """One ``generate`` call over encoded prompts (:meth:`encode`, batch dim B): ``params.n``
+        completions of each. ``cancel`` stops every row at the next token; ``on_text`` (one
+        prompt, n=1) receives the text as it grows (streaming)."""
         device = next(self.model.parameters()).device
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in prompt.items()}
-        sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} \
-            if params.do_sample else {"do_sample": False}
-        seqs = self.model.generate(**inputs, max_new_tokens=params.max_new_tokens, num_return_sequences=n,
-                                   pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **sampling)
-        ids = seqs[:, prompt["input_ids"].shape[1]:].cpu()  # (G, T)
-        mask, truncated = completion_mask(ids, self.end_ids)
-        ids = torch.where(mask.bool(), ids, torch.full_like(ids, self.pad_id))
-        texts = [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True).strip()
-                 for row, m in zip(ids, mask)]
-        return Rollout(sample, prompt, ids, mask, texts, truncated)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        prompts, prompt_len = inputs["input_ids"].shape
+        copies = params.n if params.do_sample else 1  # greedy gives n identical completions: decode once
+        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=copies,
+                                      pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids))
+        if params.do_sample:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:  # the model's generation config may name sampling settings; greedy uses none
+            kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+        criteria = self._criteria(params.stop, prompt_len, cancel)
+        if criteria:
+            kwargs["stopping_criteria"] = criteria
+        if on_text is not None:
+            if prompts * copies != 1:
+                raise ValueError("on_text streams one completion of one prompt")
+            kwargs["streamer"] = _TextCallback(self.tokenizer, self.tokenizer_lock, on_text)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():  # (not inference_mode: GRPO trains on the sampled ids)
+                if params.do_sample:
+                    with self.rng_lock:
+                        if params.seed is not None:
+                            torch.manual_seed(params.seed)
+                        seqs = self.model.generate(**inputs, **kwargs)
+                else:
+                    seqs = self.model.generate(**inputs, **kwargs)
+        finally:
+            self.model.train(was_training)
+        # Only a stop string or the cancel flag ends a row early without an end token; generate
+        # pads such a row, and only such a row, after its last token.
+        padded = bool(params.stop) or cancel is not None
+        with self.tokenizer_lock:
+            rows = [self._completion(row, params.stop, padded) for row in seqs[:, prompt_len:].cpu()]
+        return [[rows[p * copies + i % copies] for i in range(params.n)] for p in range(prompts)]
+
+    def _completion(self, row: torch.Tensor, stop: Sequence[str], padded: bool) -> Completion:
+        tokens = row.tolist()
+        end = next((k for k, t in enumerate(tokens) if t in self.end_ids), None)
+        if end is not None:
+            ids, body, reason = row[:end + 1], tokens[:end], "stop"
+        else:
+            n = len(tokens)
+            while padded and n and tokens[n - 1] == self.pad_id:
+                n -= 1
+            ids, body, reason = row[:n], tokens[:n], "length"
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        cuts = [text.find(s) for s in stop if s in text]
+        if cuts:
+            text, reason = text[:min(cuts)], "stop"
+        return Completion(ids, text.strip() if self.strip_text else text, reason)
+
+    def _criteria(self, stop: Sequence[str], prompt_len: int, cancel: threading.Event | None) -> StoppingCriteriaList:
+        criteria = StoppingCriteriaList()
+        if cancel is not None:
+            criteria.append(_Cancelled(cancel))
+        if stop:  # (transformers' stop_strings precomputes over the whole vocabulary: slow)
+            criteria.append(_StopOnText(self, list(stop), prompt_len))
+        return criteria
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops every row once ``flag`` is set (a server's client went away, or it shuts down)."""
+
+    def __init__(self, flag: threading.Event):
+        self.flag = flag
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _StopOnText(StoppingCriteria):
+    """Stops a row once its decoded tail contains a stop string."""
+
+    def __init__(self, generator: HFGenerator, stop: list[str], prompt_len: int):
+        self.generator, self.stop, self.prompt_len = generator, stop, prompt_len
+        self.window = max(len(s) for s in stop) + 8  # tokens: enough to cover any stop string
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        with self.generator.tokenizer_lock:
+            for i, row in enumerate(input_ids[:, start:].tolist()):
+                tail = self.generator.tokenizer.decode(row, skip_special_tokens=True)
+                done[i] = any(s in tail for s in self.stop)
+        return done
+
+
+class _TextCallback(TextStreamer):
+    """transformers' incremental decoding (text is released at word boundaries, so a
+    multi-token character is never cut), handed to a callback instead of printed."""
+
+    def __init__(self, tokenizer: Any, lock: threading.Lock, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.lock, self.on_text = lock, on_text
+
+    def put(self, value: torch.Tensor) -> None:
+        with self.lock:
+            super().put(value)
+
+    def end(self) -> None:
+        with self.lock:
+            super().end()
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
 
 
 def group_inputs(rollout: Rollout, pad_id: int, token_keys: tuple[str, ...]) -> dict[str, Any]:

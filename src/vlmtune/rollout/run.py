@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from vlmtune.envs.registry import EnvLoadError, make_env, parse_env_kwargs
-from vlmtune.rollout.episodes import Episode, Policy, RolloutError, expert_policy, play_episodes, random_policy
+from vlmtune.rollout.episodes import (Episode, Policy, RolloutError, expert_policy, generator_policy, play_episodes,
+                                      random_policy)
 
 POLICIES = ("solver", "random")
 
@@ -59,18 +60,13 @@ def model_policy(model_dir: str | Path, *, sample: bool, temperature: float = 1.
     import torch
 
     from vlmtune.models.loading import load_for_inference
-    from vlmtune.rollout.batched import BatchedGenerator
-    from vlmtune.rollout.hf import SamplingParams
+    from vlmtune.rollout.generator import SamplingParams, build_generator
 
     loaded = load_for_inference(model_dir, base_model=base_model)
-    gen = BatchedGenerator(loaded.model, loaded.processor)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, do_sample=sample)
+    gen = build_generator("hf", loaded.model, loaded.processor, batch_size=batch_size)
     torch.manual_seed(seed)
-
-    def act(samples: list) -> list[str]:
-        return gen.generate(samples, params, batch_size=batch_size)
-
-    return act
+    return generator_policy(gen, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                do_sample=sample))
 
 
 # ---------------------------------------------------------------------------- records

@@ -26,7 +26,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlmtune.serve.engine import Choice, Engine, PromptError, Sampling
+from vlmtune.rollout.generator import Completion, SamplingParams
+from vlmtune.serve.engine import Engine, PromptError
 from vlmtune.serve.errors import APIError, ClientGone, error_body, validation_message
 from vlmtune.serve.guard import Guard
 from vlmtune.serve.limits import FALLBACK_CONTEXT, Limits, check_prompt_tokens, completion_budget
@@ -51,7 +52,7 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
     limits = limits or Limits()
     engine = Engine(loaded, model_name)
     max_prompt = limits.max_prompt_tokens or engine.context_length or FALLBACK_CONTEXT
-    stats = Stats(model_name, max_concurrency, {**dataclasses.asdict(limits), "max_prompt_tokens": max_prompt,
+    stats = Stats(model_name, max_concurrency, {**limits.model_dump(), "max_prompt_tokens": max_prompt,
                                                 "context_length": engine.context_length})
     scheduler = Scheduler(max_concurrency, stats)
     created = int(time.time())
@@ -78,7 +79,7 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
     async def get_stats() -> dict:
         return stats.snapshot()
 
-    async def admit(req: ChatCompletionRequest) -> tuple[Prepared, dict[str, Any], Sampling, int]:
+    async def admit(req: ChatCompletionRequest) -> tuple[Prepared, dict[str, Any], SamplingParams, int]:
         """Everything that can be refused is refused here, before the request takes a slot."""
         # Image decoding and tokenising are CPU work: off the event loop, outside the slots.
         prep = await run_in_threadpool(prepare, req, limits, is_vlm=engine.is_vlm, model_name=model_name,
@@ -93,8 +94,8 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
                                     engine.context_length)
         return prep, inputs, dataclasses.replace(prep.sampling, max_new_tokens=max_new), prompt_tokens
 
-    def generation(inputs: dict[str, Any], sampling: Sampling, on_text: Callable[[str], None] | None = None
-                   ) -> Awaitable[list[Choice]]:
+    def generation(inputs: dict[str, Any], sampling: SamplingParams, on_text: Callable[[str], None] | None = None
+                   ) -> Awaitable[list[Completion]]:
         return scheduler.run(lambda cancel: engine.generate(inputs, sampling, cancel=cancel, on_text=on_text))
 
     @app.post("/v1/chat/completions")
@@ -103,7 +104,7 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
         prep, inputs, sampling, prompt_tokens = await admit(req)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
 
-        def done(choices: list[Choice]) -> None:
+        def done(choices: list[Completion]) -> None:
             completion_tokens = sum(ch.tokens for ch in choices)
             stats.tokens(prompt_tokens, completion_tokens)
             log.info("chat.completion%s: %d prompt + %d completion tokens, n=%d, %.2fs",

@@ -1,4 +1,6 @@
-"""``vlmtune serve MODEL_DIR`` (also ``python -m vlmtune.serve``): load a model and run uvicorn.
+"""``vlmtune serve MODEL_DIR`` or ``vlmtune serve RECIPE [key=value ...]`` (also ``python -m
+vlmtune.serve``): load a model and run uvicorn. Settings are the recipe's ``model`` and
+``serve`` sections; each flag is a shorthand for one key (``SERVE_FLAGS``).
 
 Light on imports: ``vlmtune --help`` builds this parser without loading torch or FastAPI.
 """
@@ -9,6 +11,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from vlmtune.serve.limits import MIB, Limits
 
@@ -55,80 +58,112 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
+def _mib(value: float) -> dict:
+    return {"serve.limits.max_body_bytes": int(value * MIB)}
+
+
+LIMIT_FLAGS = {"--max-tokens-limit": "max_new_tokens", "--default-max-tokens": "default_max_tokens",
+               "--max-prompt-tokens": "max_prompt_tokens", "--max-images": "max_images",
+               "--max-image-pixels": "max_image_pixels", "--max-request-pixels": "max_request_pixels"}
+"""The integer limits' flags (``--max-body-mb`` is in MiB, the key in bytes)."""
+
+SERVE_FLAGS = {"model_dir": "model.path", "base_model": "model.base_model", "gguf_file": "model.gguf_file",
+               "dtype": "model.dtype", "trust_remote_code": "model.trust_remote_code", "host": "serve.host",
+               "port": "serve.port", "api_key_env": "serve.api_key_env", "model_name": "serve.model_name",
+               "max_concurrency": "serve.max_concurrency", "threads": "serve.threads", "log_level": "serve.log_level",
+               "max_body_mb": _mib,
+               **{flag[2:].replace("-", "_"): f"serve.limits.{name}" for flag, name in LIMIT_FLAGS.items()}}
+"""Each flag of ``vlmtune serve`` is a shorthand for a recipe key (``config.recipe_from_args``);
+``--api-key`` alone is none (a secret never goes into a recipe)."""
+
+
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    d = Limits()
-    p.add_argument("model_dir", help="model directory (transformers model, PEFT adapter, or folder holding "
-                                     "--gguf-file)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key-env", metavar="VAR",
-                   help="require 'Authorization: Bearer KEY', KEY read from this environment variable "
-                        "(preferred over --api-key, which other users can see in the process list)")
-    p.add_argument("--api-key", help="require this bearer key (see --api-key-env)")
-    p.add_argument("--model-name", help="model id reported by /v1/models (default: the directory or "
-                                        "GGUF file name)")
-    p.add_argument("--base-model", help="base model directory for a PEFT adapter without one recorded")
-    p.add_argument("--gguf-file", help="GGUF file name inside MODEL_DIR")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--max-concurrency", type=int, default=1,
-                   help="generate calls run at once; further requests queue (default 1: right for CPU)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared or "
-                                               "busy CPU, cores / max-concurrency is often much faster)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    g = p.add_argument_group("limits (each breach is a 4xx before the work is done)")
-    g.add_argument("--max-tokens-limit", type=int, default=d.max_new_tokens,
-                   help=f"largest max_tokens a request may ask (default {d.max_new_tokens})")
-    g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                   help=f"max_tokens when a request gives none (default {d.default_max_tokens})")
-    g.add_argument("--max-prompt-tokens", type=int,
-                   help="prompt tokens, image tokens included (default: the model's context length)")
-    g.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MIB,
-                   help=f"request body in MiB, chunked bodies too; more -> 413 (default {d.max_body_bytes // MIB})")
-    g.add_argument("--max-images", type=int, default=d.max_images,
-                   help=f"images per request (default {d.max_images})")
-    g.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
-                   help=f"width x height of one image, read from its header (default {d.max_image_pixels})")
-    g.add_argument("--max-request-pixels", type=int, default=d.max_request_pixels,
-                   help=f"pixels of all images of a request together (default {d.max_request_pixels})")
+    from vlmtune.config import ServeConfig, add_recipe_args
+
+    add_recipe_args(p)
+    p.description = f"{(p.description or 'vlmtune serve').rstrip('.')}. The first argument is a model directory " \
+                    "(model.path) or a recipe."
+    d, s = Limits(), ServeConfig()
+    g = p.add_argument_group("shorthands (each flag sets the recipe key named)")
+    g.add_argument("--model", dest="model_dir", help="model.path: model directory (transformers model, PEFT adapter, "
+                                                     "or folder holding --gguf-file)")
+    g.add_argument("--host", help=f"serve.host: address to bind (default: {s.host}, this machine only)")
+    g.add_argument("--port", type=int, help=f"serve.port (default {s.port})")
+    g.add_argument("--api-key-env", metavar="VAR",
+                   help="serve.api_key_env: require 'Authorization: Bearer KEY', KEY read from this environment "
+                        "variable (preferred over --api-key, which other users can see in the process list)")
+    g.add_argument("--model-name", help="serve.model_name: model id reported by /v1/models (default: the directory "
+                                        "or GGUF file name)")
+    g.add_argument("--base-model", help="model.base_model: base model directory for a PEFT adapter without one "
+                                        "recorded")
+    g.add_argument("--gguf-file", help="model.gguf_file: GGUF file name inside the model directory")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="model.dtype (default float32)")
+    g.add_argument("--trust-remote-code", action="store_true", default=None, help="model.trust_remote_code")
+    g.add_argument("--max-concurrency", type=int,
+                   help=f"serve.max_concurrency: generate calls run at once; further requests queue (default "
+                        f"{s.max_concurrency}: right for CPU)")
+    g.add_argument("--threads", type=int, help="serve.threads: torch CPU threads (default: torch's choice; on a shared "
+                                               "or busy CPU, cores / max-concurrency is often much faster)")
+    g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help=f"serve.log_level (default {s.log_level})")
+    p.add_argument("--api-key", help="require this bearer key (see --api-key-env); never a recipe key")
+    lim = p.add_argument_group("limits, serve.limits.* (each breach is a 4xx before the work is done)")
+    for flag, name in LIMIT_FLAGS.items():
+        field = Limits.model_fields[name]
+        lim.add_argument(flag, type=int,
+                         help=f"serve.limits.{name}: {field.description.rstrip('.')} (default {field.default})")
+    lim.add_argument("--max-body-mb", type=float,
+                     help=f"serve.limits.max_body_bytes, in MiB: request body, chunked bodies too; more -> 413 "
+                          f"(default {d.max_body_bytes // MIB})")
 
 
-def limits_from_args(args: argparse.Namespace) -> Limits:
-    try:
-        return Limits(max_body_bytes=int(args.max_body_mb * MIB), max_prompt_tokens=args.max_prompt_tokens,
-                      max_new_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-                      max_images=args.max_images, max_image_pixels=args.max_image_pixels,
-                      max_request_pixels=args.max_request_pixels)
-    except ValueError as exc:
-        raise SystemExit(f"vlmtune serve: {exc}") from None
+def serve_recipe(args: argparse.Namespace) -> Any:
+    """The recipe ``vlmtune serve`` runs: a first argument that is a directory is the model
+    (``model.path``), anything else a recipe; then the flags and overrides."""
+    from vlmtune.config import ConfigError, recipe_from_args
+
+    if args.recipe and Path(args.recipe).is_dir():
+        if args.model_dir:
+            raise ConfigError(f"two models: {args.recipe} and --model {args.model_dir}")
+        args.model_dir, args.recipe = args.recipe, None
+    recipe = recipe_from_args(args, SERVE_FLAGS)
+    if not recipe.model.path:
+        raise ConfigError("vlmtune serve needs a model: MODEL_DIR, --model DIR or model.path=DIR")
+    if recipe.generation.backend != "hf":
+        raise ConfigError(f"vlmtune serve runs the model in this process: generation.backend must be hf, "
+                          f"not {recipe.generation.backend!r}")
+    return recipe
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    recipe = serve_recipe(args)
+    cfg = recipe.serve
     api_key = args.api_key
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env, "")
+    if cfg.api_key_env:
+        api_key = os.environ.get(cfg.api_key_env, "")
         if not api_key:
-            raise SystemExit(f"vlmtune serve: --api-key-env names {args.api_key_env!r} but that environment "
+            raise SystemExit(f"vlmtune serve: --api-key-env names {cfg.api_key_env!r} but that environment "
                              "variable is not set or empty")
-    limits = limits_from_args(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.model_dir, host=args.host, port=args.port, api_key=api_key, base_model=args.base_model,
-          gguf_file=args.gguf_file, model_name=args.model_name, dtype=args.dtype,
-          trust_remote_code=args.trust_remote_code, max_concurrency=args.max_concurrency, limits=limits,
-          threads=args.threads, log_level=args.log_level)
+    m = recipe.model
+    serve(m.path, host=cfg.host, port=cfg.port, api_key=api_key, base_model=m.base_model, gguf_file=m.gguf_file,
+          model_name=cfg.model_name, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+          max_concurrency=cfg.max_concurrency, limits=cfg.limits, threads=cfg.threads, log_level=cfg.log_level)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vlmtune serve",
                                      description="serve a model over an OpenAI-compatible HTTP API")
-    add_serve_args(parser)
-    args = parser.parse_args(argv)
+    from vlmtune.config import ConfigError, parse_args
     from vlmtune.models.loading import ModelLoadError
+
+    add_serve_args(parser)
+    args = parse_args(parser, argv)
 
     try:
         return cmd_serve(args)
-    except ModelLoadError as exc:
+    except (ConfigError, ModelLoadError) as exc:
         print(f"vlmtune serve: error: {exc}", flush=True)
         return 2

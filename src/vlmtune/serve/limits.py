@@ -8,41 +8,17 @@ their pixels are decoded (400), and a prompt is measured in tokens before genera
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
+from vlmtune.config import MIB, ServeLimits
 from vlmtune.serve.errors import APIError
 
-MIB = 1024 * 1024
+__all__ = ["FALLBACK_CONTEXT", "MIB", "Limits", "check_image_sizes", "check_prompt_tokens", "check_seed",
+           "completion_budget", "min_prompt_tokens"]
+
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # int64, as other OpenAI-compatible servers take it
 FALLBACK_CONTEXT = 8192  # prompt-token bound when the model's config names no context length
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server (``vlmtune serve --help`` has the same list)."""
-
-    max_body_bytes: int = 32 * MIB
-    """Request body size, counted as the bytes arrive (chunked bodies too); more -> 413."""
-    max_prompt_tokens: int | None = None
-    """Prompt tokens (image tokens included); ``None``: the model's context length."""
-    max_new_tokens: int = 1024
-    """Largest ``max_tokens`` a request may ask."""
-    default_max_tokens: int = 256
-    """``max_tokens`` when a request gives none (shrunk to fit the context)."""
-    max_images: int = 8
-    """Images in one request."""
-    max_image_pixels: int = 4096 * 4096
-    """Width x height of one image, read from its header before decoding."""
-    max_request_pixels: int = 2 * 4096 * 4096
-    """Width x height summed over a request's images (decoded RGB costs 3 bytes a pixel)."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_new_tokens", "default_max_tokens", "max_images",
-                     "max_image_pixels", "max_request_pixels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be >= 1 (got {self.max_prompt_tokens})")
+Limits = ServeLimits
+"""What one request may ask of the server: the recipe's ``serve.limits`` section (one
+definition, :class:`vlmtune.config.ServeLimits`; ``vlmtune serve --help`` lists the same)."""
 
 
 def check_seed(seed: int | None) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmtune.data.sample import BadSample, image_bytes, image_size, load_image
-from vlmtune.serve.engine import Sampling
+from vlmtune.rollout.generator import SamplingParams
 from vlmtune.serve.errors import APIError
 from vlmtune.serve.limits import Limits, check_image_sizes, check_prompt_tokens, check_seed, min_prompt_tokens
 from vlmtune.serve.schema import ChatCompletionRequest, TextPart
@@ -32,7 +32,7 @@ class Prepared:
 
     messages: list[dict]
     images: list[Any]
-    sampling: Sampling
+    sampling: SamplingParams
     requested_max_tokens: int | None
     stream: bool = False
     include_usage: bool = False
@@ -62,7 +62,7 @@ def prepare(req: ChatCompletionRequest, limits: Limits, *, is_vlm: bool, model_n
     return Prepared(messages, images, sampling, requested, bool(req.stream), include_usage)
 
 
-def _sampling(req: ChatCompletionRequest, limits: Limits) -> tuple[Sampling, int | None]:
+def _sampling(req: ChatCompletionRequest, limits: Limits) -> tuple[SamplingParams, int | None]:
     if req.logprobs:
         raise APIError(400, "logprobs are not supported by this server", param="logprobs")
     if req.tools:
@@ -78,7 +78,9 @@ def _sampling(req: ChatCompletionRequest, limits: Limits) -> tuple[Sampling, int
         raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
     check_seed(req.seed)
     max_new = requested or min(limits.default_max_tokens, limits.max_new_tokens)
-    return Sampling(max_new, req.temperature, req.top_p, req.n, stop, req.seed), requested
+    # temperature 0 is greedy (deterministic), as OpenAI's API means it
+    return SamplingParams(max_new, req.temperature, req.top_p, do_sample=req.temperature > 0, n=req.n,
+                          stop=tuple(stop), seed=req.seed), requested
 
 
 def _messages(req: ChatCompletionRequest, *, is_vlm: bool, model_name: str

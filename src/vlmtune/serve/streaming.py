@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from vlmtune.serve.engine import Choice
+from vlmtune.rollout.generator import Completion
 from vlmtune.serve.errors import APIError, ClientGone, error_body
 
 log = logging.getLogger("vlmtune.serve")
@@ -29,7 +29,7 @@ class StopHoldback:
     it; once a stop string appears, the text before it is released and nothing after.
     """
 
-    def __init__(self, stop: list[str]):
+    def __init__(self, stop: Sequence[str]):
         self.stop = [s for s in stop if s]
         self.text = ""
         self.sent = 0  # characters of ``text`` released so far
@@ -74,9 +74,9 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-async def stream_completion(head: dict, stop: list[str], prompt_tokens: int, include_usage: bool,
-                            start: Callable[[Callable[[str], None]], Awaitable[list[Choice]]],
-                            on_done: Callable[[Choice], None]) -> AsyncIterator[bytes]:
+async def stream_completion(head: dict, stop: Sequence[str], prompt_tokens: int, include_usage: bool,
+                            start: Callable[[Callable[[str], None]], Awaitable[list[Completion]]],
+                            on_done: Callable[[Completion], None]) -> AsyncIterator[bytes]:
     """SSE bytes for one completion. ``start(on_text)`` is the generation (run as a task here,
     cancelled when this iterator is closed early); ``on_text`` may be called from any thread."""
     loop = asyncio.get_running_loop()

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vlmtune.config import AdvantageScale as Scale
+from vlmtune.registry import ADVANTAGE_SCALES
 
 
 def _as_groups(rewards: Tensor, group_size: int) -> Tensor:
@@ -48,17 +48,33 @@ def _nan_mean_std(x: Tensor, dim: int | None = None) -> tuple[Tensor, Tensor]:
     return mean, torch.where(count > 1, std, torch.zeros_like(std))
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: Scale = "group", eps: float = 1e-4) -> Tensor:
-    """Group-relative advantages ``A_i = (r_i - mean_group(r)) / (std + eps)``.
+def group_std(grouped: Tensor, eps: float) -> Tensor:
+    """``scale: group``: each group's std (GRPO outcome supervision, DeepSeekMath section 4.1.2)."""
+    return _nan_mean_std(grouped, dim=1)[1] + eps
+
+
+def batch_std(grouped: Tensor, eps: float) -> Tensor:
+    """``scale: batch``: the std of all valid rewards of the batch around the batch mean (TRL
+    ``scale_rewards="batch"``; the centring stays per group)."""
+    return _nan_mean_std(grouped)[1] + eps
+
+
+def no_scale(grouped: Tensor, eps: float) -> float:
+    """``scale: none``: the centred reward unscaled (Dr. GRPO, which drops the std because it
+    up-weights too-easy and too-hard prompts)."""
+    return 1.0
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages ``A_i = (r_i - mean_group(r)) / scale``.
 
     Args:
         rewards: (N,) with N = num_groups * group_size, group-contiguous; NaN = no reward.
         group_size: completions per prompt (G >= 2).
-        scale: ``"group"`` divides by the group's std (GRPO outcome supervision, DeepSeekMath section 4.1.2);
-            ``"batch"`` by the std of all valid rewards of the batch around the batch mean
-            (TRL ``scale_rewards="batch"``; the centring stays per group); ``"none"``
-            leaves the centred reward unscaled (Dr. GRPO, which drops the std because it
-            up-weights too-easy and too-hard prompts).
+        scale: what the centred rewards are divided by, a name of ``ADVANTAGE_SCALES``
+            (:mod:`vlmtune.registry`): ``"group"`` (:func:`group_std`), ``"batch"``
+            (:func:`batch_std`), ``"none"`` (:func:`no_scale`), or ``module:fn`` /
+            ``file.py:fn`` called as ``fn(grouped (num_groups, G), eps)``.
         eps: added to the std, so zero-spread groups get advantage 0, not NaN.
 
     Returns:
@@ -70,18 +86,12 @@ def group_advantages(rewards: Tensor, group_size: int, scale: Scale = "group", e
     Fewer than two valid rewards gives std 0 (TRL gives NaN, then zeroes the advantage;
     the centred reward of a lone value is 0 either way, so results agree).
     """
+    divide_by = ADVANTAGE_SCALES.get(scale)
     grouped = _as_groups(rewards, group_size)  # (num_groups, G)
     valid = ~torch.isnan(grouped)
-    group_mean, group_std = _nan_mean_std(grouped, dim=1)  # (num_groups, 1) each
+    group_mean, _ = _nan_mean_std(grouped, dim=1)  # (num_groups, 1)
     centred = torch.where(valid, grouped - group_mean, 0.0)
-    if scale == "group":
-        centred = centred / (group_std + eps)
-    elif scale == "batch":
-        _, batch_std = _nan_mean_std(grouped)
-        centred = centred / (batch_std + eps)
-    elif scale != "none":
-        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    return centred.reshape(-1)
+    return (centred / divide_by(grouped, eps)).reshape(-1)
 
 
 def zero_spread_groups(rewards: Tensor, group_size: int, atol: float = 0.0) -> Tensor:
@@ -128,7 +138,7 @@ def distinct_fraction(completions: list[str], group_size: int) -> list[float]:
 
 
 def episode_advantages(episode_scores: Tensor, group_size: int, episode_of_step: Tensor,
-                       scale: Scale = "group", eps: float = 1e-4) -> Tensor:
+                       scale: str = "group", eps: float = 1e-4) -> Tensor:
     """Episode-level GRPO for multi-turn episodes: every step gets its episode's
     group-relative advantage.
 

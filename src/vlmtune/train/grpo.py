@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -35,17 +35,14 @@ from accelerate import Accelerator
 from rich.console import Console
 
 from vlmtune.batching.dataset import load_prompts
+from vlmtune.batching.render import render_prompt
 from vlmtune.config import ConfigError, Recipe
 from vlmtune.data.report import BadRows
 from vlmtune.flops import Units, batch_units
 from vlmtune.models.loading import load_for_training
 from vlmtune.rewards.registry import RewardSet
-from vlmtune.rollout.hf import (
-    HFGenerator,
-    Rollout,
-    SamplingParams,
-    rollout_logps,
-)
+from vlmtune.rollout.generator import Generator, SamplingParams, build_generator
+from vlmtune.rollout.hf import Rollout, rollout_logps, sample_groups, stop_and_pad_ids
 from vlmtune.tracking import ComputeMeter, PhaseTimer
 from vlmtune.train.advantages import (
     distinct_fraction,
@@ -54,7 +51,7 @@ from vlmtune.train.advantages import (
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
 from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean
-from vlmtune.train.multiturn import EpisodeCollector, check_env_recipe, initial_states
+from vlmtune.train.multiturn import GENERATION_BATCH, EpisodeCollector, check_env_recipe, initial_states
 from vlmtune.train.run import Run
 
 COLLAPSE_WARNING = 0.5  # mean share of distinct completions per group below which we warn
@@ -269,13 +266,13 @@ def _prompt_text(sample: Any) -> str:
     return " ".join(p.get("text", "<image>") if p["type"] == "text" else "<image>" for p in parts)
 
 
-def collect_batch(generator: Any, stream: BatchStream, prompts: list, rewards: RewardSet, cfg: Any,
-                  params: SamplingParams, timer: PhaseTimer) -> Batch:
-    """Generate and score a batch. With dynamic sampling, groups whose rewards are all equal
-    (no learning signal) are dropped and refilled with fresh prompts, up to ``max_refill``
-    extra rounds."""
+def collect_batch(sample: Callable[[list], list[Rollout]], stream: BatchStream, prompts: list, rewards: RewardSet,
+                  cfg: Any, timer: PhaseTimer) -> Batch:
+    """Generate (``sample``: prompts -> their groups) and score a batch. With dynamic sampling,
+    groups whose rewards are all equal (no learning signal) are dropped and refilled with fresh
+    prompts, up to ``max_refill`` extra rounds."""
     with timer("gen"):
-        rollouts = generator.generate([prompts[i] for i in stream.next()], cfg.num_generations, params)
+        rollouts = sample([prompts[i] for i in stream.next()])
     with timer("reward"):
         batch = make_batch(rollouts, rewards, cfg)
     if not cfg.drop_zero_spread:
@@ -285,7 +282,7 @@ def collect_batch(generator: Any, stream: BatchStream, prompts: list, rewards: R
             break
         batch = drop_flat_groups(batch, cfg.num_generations)
         with timer("gen"):
-            extra = generator.generate([prompts[i] for i in stream.next()], cfg.num_generations, params)
+            extra = sample([prompts[i] for i in stream.next()])
         with timer("reward"):
             batch = merge(batch, make_batch(extra, rewards, cfg))
     return drop_flat_groups(batch, cfg.num_generations)
@@ -332,15 +329,17 @@ def count_tokens(meter: ComputeMeter, batch: Batch, cfg: Any) -> None:
     meter.add_data(prompt=prompt.tokens, completion=completions.tokens)
 
 
-def make_collector(recipe: Recipe, generator: HFGenerator, prompts: list, rewards: RewardSet,
-                   params: SamplingParams, run_dir: Any) -> Callable[[BatchStream, PhaseTimer], Batch]:
+def make_collector(recipe: Recipe, generator: Generator, prompts: list, rewards: RewardSet, params: SamplingParams,
+                   prompt_inputs: Callable[[Any], dict], pad_id: int,
+                   run_dir: Any) -> Callable[[BatchStream, PhaseTimer], Batch]:
     """The generation phase of a step: G completions of each of the stream's prompts, or
     (with ``env``) G episodes from each of its initial states, every turn a completion."""
     if not recipe.env.name:
-        return lambda stream, timer: collect_batch(generator, stream, prompts, rewards, recipe.grpo, params, timer)
+        groups = partial(sample_groups, generator, params=replace(params, n=recipe.grpo.num_generations),
+                         prompt_inputs=prompt_inputs, pad_id=pad_id)
+        return lambda stream, timer: collect_batch(groups, stream, prompts, rewards, recipe.grpo, timer)
 
-    episodes = EpisodeCollector(recipe.env, recipe.grpo, generator.model, generator.processor, run_dir,
-                                recipe.data.system_prompt)
+    episodes = EpisodeCollector(recipe.env, recipe.grpo, generator, params, prompt_inputs, pad_id, run_dir)
 
     def collect(stream: BatchStream, timer: PhaseTimer) -> Batch:
         b = episodes.collect(stream.next(), timer)
@@ -387,10 +386,15 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         model, optimizer = acc.prepare(model, optimizer)
         stream = BatchStream(n_items, cfg.prompts_per_step, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
-        generator = HFGenerator(acc.unwrap_model(model), processor, recipe.data.system_prompt)
+        gen_cfg = recipe.generation
+        generator: Generator = build_generator(
+            gen_cfg.backend, acc.unwrap_model(model), processor, system_prompt=recipe.data.system_prompt,
+            batch_size=gen_cfg.batch_size or (GENERATION_BATCH if recipe.env.name else 1), options=gen_cfg.options)
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-        pad_id, g = generator.pad_id, cfg.num_generations
-        collect = make_collector(recipe, generator, prompts, rewards, params, run.dir)
+        pad_id, g = stop_and_pad_ids(acc.unwrap_model(model), loaded.tokenizer, loaded.family)[1], cfg.num_generations
+        # a group's prompt as the log-prob passes see it: rendered as the hf backend renders it
+        prompt_inputs = partial(render_prompt, processor=processor, system_prompt=recipe.data.system_prompt)
+        collect = make_collector(recipe, generator, prompts, rewards, params, prompt_inputs, pad_id, run.dir)
         # How log-probs of a group are computed: the prompt (and its images) once per group, or
         # repeated in every row (the padded path, also used under gradient checkpointing).
         logps = partial(rollout_logps, pad_id=pad_id, temperature=cfg.temperature,

@@ -26,24 +26,25 @@ fault and stays in: the environment penalises it and the episode goes on.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from vlmtune.batching.render import render_prompt
 from vlmtune.config import ConfigError, EnvConfig, GrpoConfig
 from vlmtune.data.sample import Sample
 from vlmtune.envs.registry import EnvLoadError, make_env
 from vlmtune.registry import ADVANTAGES
-from vlmtune.rollout.batched import BatchedGenerator, Completion
 from vlmtune.rollout.episodes import Episode, Turn, play_episodes
-from vlmtune.rollout.hf import Rollout, SamplingParams
+from vlmtune.rollout.generator import Completion, Generator, SamplingParams
+from vlmtune.rollout.hf import Rollout
 from vlmtune.tracking import PhaseTimer
 from vlmtune.train.advantages import anchor_groups, episode_advantages
 from vlmtune.train.run import ENV_ERRORS_FILE
+
+# Prompts per generate call while playing, when generation.batch_size is unset: a turn of every live episode.
+GENERATION_BATCH = 64
 
 
 @dataclass
@@ -65,22 +66,20 @@ class EpisodeBatch:
 
 
 class RecordingPolicy:
-    """The policy itself as an episode player's policy: batched sampling that keeps each
-    response's token ids (keyed by episode and step), so the update trains on exactly the
-    tokens that were sampled, never on a re-tokenisation of their text."""
+    """The policy itself as an episode player's policy: one sampled completion of each prompt
+    from the generation backend, its token ids kept (keyed by episode and step), so the update
+    trains on exactly the tokens that were sampled, never on a re-tokenisation of their text."""
 
-    def __init__(self, model: Any, processor: Any, params: SamplingParams, batch_size: int,
-                 system_prompt: str | None = None, timer: PhaseTimer | None = None):
-        self.generator = BatchedGenerator(model, processor, system_prompt)
-        self.params, self.batch_size, self.timer = params, batch_size, timer or PhaseTimer()
+    def __init__(self, generator: Generator, params: SamplingParams, timer: PhaseTimer | None = None):
+        self.generator, self.params, self.timer = generator, params, timer or PhaseTimer()
         self.records: dict[tuple[int, int], Completion] = {}
 
     def __call__(self, samples: list[Sample]) -> list[str]:
         with self.timer("gen"):
-            completions = self.generator.generate_ids(samples, self.params, self.batch_size)
+            completions = [group[0] for group in self.generator.generate(samples, self.params)]
         for s, c in zip(samples, completions):
             self.records[(s.meta["episode"], s.meta["step"])] = c
-        return [self.generator.decode(c) for c in completions]
+        return [c.text for c in completions]
 
 
 def episode_score(ep: Episode) -> float:
@@ -116,19 +115,6 @@ def segment_groups(turns: Sequence[Turn]) -> list[list[int]]:
     return list(groups.values())
 
 
-def make_rollout(turns: Sequence[Turn], completions: Sequence[Completion], prompt: dict[str, torch.Tensor],
-                 texts: list[str], pad_id: int) -> Rollout:
-    """One group of the batch: a shared prompt and its completions, right-padded to one length."""
-    width = max(int(c.ids.numel()) for c in completions)
-    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(completions), width), dtype=torch.long)
-    for row, c in enumerate(completions):
-        n = int(c.ids.numel())
-        ids[row, :n] = torch.where(c.mask.bool(), c.ids, torch.full_like(c.ids, pad_id))
-        mask[row, :n] = c.mask
-    return Rollout(turns[0].prompt, prompt, ids, mask, texts, [c.truncated for c in completions])
-
-
 def episode_metrics(episodes: Sequence[Episode], step_group: torch.Tensor) -> dict[str, float]:
     """What a multi-turn step logs about its episodes (all of them, failed ones included)."""
     n = max(len(episodes), 1)
@@ -153,23 +139,23 @@ class EpisodeCollector:
     Args:
         env: The recipe's ``env`` section.
         cfg: The recipe's ``grpo`` section (G, sampling, advantage settings).
-        model, processor: The policy being trained (unwrapped) and its processor.
+        generator: The generation backend over the policy being trained.
+        params: How a turn is sampled (one completion each).
+        prompt_inputs: A turn's prompt as the log-prob passes see it (``render_prompt``).
+        pad_id: What completions are padded with in a group.
         run_dir: Where failed episodes' errors are appended (``env_errors.jsonl``).
-        system_prompt: ``data.system_prompt``.
     """
 
-    def __init__(self, env: EnvConfig, cfg: GrpoConfig, model: Any, processor: Any, run_dir: Path,
-                 system_prompt: str | None = None):
+    def __init__(self, env: EnvConfig, cfg: GrpoConfig, generator: Generator, params: SamplingParams,
+                 prompt_inputs: Callable[[Sample], dict[str, torch.Tensor]], pad_id: int, run_dir: Path):
         self.env_cfg, self.cfg, self.run_dir = env, cfg, Path(run_dir)
-        self.processor, self.system_prompt = processor, system_prompt
+        self.prompt_inputs, self.pad_id = prompt_inputs, pad_id
         count = cfg.prompts_per_step * cfg.num_generations
         try:
             self.envs = [make_env(env.name, env.kwargs) for _ in range(count)]
         except EnvLoadError as exc:
             raise ConfigError(f"env.name: {exc}") from None
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, do_sample=True)
-        self.policy = RecordingPolicy(model, processor, params, env.generation_batch, system_prompt)
-        self.pad_id = self.policy.generator.pad_id
+        self.policy = RecordingPolicy(generator, params)
 
     def seeds(self, states: Sequence[int]) -> tuple[list[int], list[int]]:
         """Reset seed and group of each episode: initial state ``i`` is seed ``env.seed + i``."""
@@ -203,8 +189,7 @@ class EpisodeCollector:
         for idx in segment_groups(turns):
             group = [turns[i] for i in idx]
             completions = [self.policy.records[(e, t.step)] for e, t in (trained[i] for i in idx)]
-            prompt = render_prompt(group[0].prompt, self.processor, system_prompt=self.system_prompt)
-            rollouts.append(make_rollout(group, completions, prompt, [t.response for t in group], self.pad_id))
+            rollouts.append(Rollout.of(group[0].prompt, self.prompt_inputs(group[0].prompt), completions, self.pad_id))
             order += idx
         order_t = torch.tensor(order, dtype=torch.long)
         zero_spread = sum(1 for k in range(0, len(scores), g) if _flat(scores[k:k + g]))

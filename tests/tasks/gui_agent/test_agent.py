@@ -224,3 +224,22 @@ def test_rows_that_cannot_be_placed_are_reported(tmp_path):
     assert metrics["bad_rows_by_reason"] == {"missing_value": 1, "bad_schema": 1}
     errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["row"] for e in errors) == [7, 8]
+
+
+def test_agent_flags_are_recipe_shorthands(tmp_path, capsys):
+    import argparse
+
+    from vlmtune.config import recipe_from_args
+    from vlmtune.tasks.gui_agent.agent import AGENT_FLAGS, add_agent_args
+
+    p = argparse.ArgumentParser()
+    add_agent_args(p)
+    args = p.parse_args(["agent.max_new_tokens=9", "--model", "M", "--data", "D.csv", "--drop", "grounding,short_term",
+                         "--drop", "long_term", "--column", "goal=Task", "--actions", "CLICK, COMPLETE",
+                         "--max-new-tokens", "7", "--image-dir", "shots"])
+    r = recipe_from_args(args, AGENT_FLAGS)
+    assert (r.model.path, r.data.eval_path, r.agent.image_dir) == ("M", "D.csv", "shots")
+    assert r.agent.drop == ["grounding", "short_term", "long_term"] and r.agent.columns == {"goal": "Task"}
+    assert r.agent.actions == ["CLICK", "COMPLETE"] and r.agent.max_new_tokens == 9  # the override wins
+    assert main(["--data", "D.csv"]) == 2
+    assert "needs a model: --model DIR (model.path=DIR)" in capsys.readouterr().err

@@ -211,7 +211,8 @@ class Agent:
 
 def load_agent(model_path: str | Path, base_model: str | None = None, *, drop: Iterable[str] = (),
                actions: Iterable[str] | None = None, max_new_tokens: int = 256,
-               system_prompt: str | None = None) -> Agent:
+               system_prompt: str | None = None, backend: str = "hf",
+               backend_options: dict[str, Any] | None = None) -> Agent:
     """Load a model (full or PEFT adapter) as a greedy step predictor.
 
     Args:
@@ -222,21 +223,23 @@ def load_agent(model_path: str | Path, base_model: str | None = None, *, drop: I
             :func:`run_agent` from its data).
         max_new_tokens: Output length limit per step.
         system_prompt: A system turn, if the model was trained with one.
+        backend, backend_options: The generation backend (recipe ``generation.backend``,
+            ``generation.options``).
 
     Raises:
         ModelLoadError: The path is missing or holds no model.
     """
     from vlmtune.models.loading import load_for_inference
-    from vlmtune.rollout.batched import BatchedGenerator
-    from vlmtune.rollout.hf import SamplingParams
+    from vlmtune.rollout.generator import SamplingParams, build_generator, first_texts
 
     drop = _check_drop(drop)
     loaded = load_for_inference(model_path, base_model=base_model)
-    gen = BatchedGenerator(loaded.model, loaded.processor, system_prompt=system_prompt)
+    gen = build_generator(backend, loaded.model, loaded.processor, system_prompt=system_prompt, batch_size=1,
+                          options=backend_options)
     params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
 
-    def generate(sample: Sample) -> str:
-        return gen.generate([sample], params, batch_size=1)[0]
+    def generate(sample: Sample) -> str:  # one step at a time: each step's memory is the last one's output
+        return first_texts(gen.generate([sample], params))[0]
 
     agent = Agent(generate, drop=drop, actions=actions)
     agent.loaded = loaded
@@ -392,7 +395,8 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
               base_model: str | None = None, image_dir: str | Path | None = None,
               drop: Iterable[str] = (), *, actions: Iterable[str] | None = None, max_new_tokens: int = 256,
               system_prompt: str | None = None, columns: dict[str, str] | None = None,
-              agent: Agent | None = None, show_progress: bool = False) -> dict:
+              agent: Agent | None = None, show_progress: bool = False, backend: str = "hf",
+              backend_options: dict[str, Any] | None = None) -> dict:
     """Run the agent over every task of a CarePilot CSV and score it.
 
     Each task's steps run in ``Slide_number`` order; step 1 gets the memory cells of its
@@ -414,6 +418,7 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
         agent: A ready :class:`Agent` (e.g. with a scripted generator) instead of loading;
             its own ``drop`` then applies.
         show_progress: Show a progress bar.
+        backend, backend_options: The generation backend (recipe ``generation.*``).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -442,7 +447,7 @@ def run_agent(model_path: str | Path | None, data_csv: str | Path, out_dir: str 
     actions = _resolve_actions(actions, agent, data)
     if agent is None:
         agent = load_agent(model_path, base_model, drop=drop, actions=actions, max_new_tokens=max_new_tokens,
-                           system_prompt=system_prompt)
+                           system_prompt=system_prompt, backend=backend, backend_options=backend_options)
     agent.actions = actions
     drop = agent.drop
     n_steps = sum(len(s) for s in tasks.values())
@@ -533,49 +538,90 @@ def _resolve_actions(actions: Iterable[str] | None, agent: Agent | None, data: T
 # ---------------------------------------------------------------------------- CLI
 
 
+def _list_flag(key: str) -> Callable[[list[str]], dict[str, Any]]:
+    from vlmtune.data.converters import split_list
+
+    return lambda values: {key: split_list(values)}
+
+
+def _columns_flag(values: list[str]) -> dict[str, Any]:
+    from vlmtune.data.converters import parse_columns
+
+    return {"agent.columns": parse_columns(values)}
+
+
+AGENT_FLAGS = {"model": "model.path", "base_model": "model.base_model", "data": "data.eval_path",
+               "out": "agent.out", "image_dir": "agent.image_dir", "drop": _list_flag("agent.drop"),
+               "column": _columns_flag, "actions": lambda v: _list_flag("agent.actions")([v]),
+               "max_new_tokens": "agent.max_new_tokens", "system_prompt": "data.system_prompt"}
+"""Each flag of ``vlmtune agent`` is a shorthand for a recipe key (``config.recipe_from_args``)."""
+
+
 def add_agent_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``vlmtune agent``."""
-    p.add_argument("--model", required=True, help="model directory (full model or PEFT adapter)")
-    p.add_argument("--data", required=True, help="CarePilot CSV (or a folder of CSVs): Task_id, Slide_number, "
+    """Arguments of ``vlmtune agent``: a recipe and overrides, or the flags (shorthands)."""
+    from vlmtune.config import add_recipe_args
+
+    add_recipe_args(p)
+    g = p.add_argument_group("shorthands (each flag sets the recipe key named)")
+    g.add_argument("--model", help="model.path: model directory (full model or PEFT adapter)")
+    g.add_argument("--data", help="data.eval_path: CarePilot CSV (or a folder of CSVs): Task_id, Slide_number, "
                    "Image_id, Instruction, Grounding, Short_Term_Memory, Long_term_Memory, Output")
-    p.add_argument("--out", required=True, help="output directory (predictions.csv, metrics.json)")
-    p.add_argument("--base-model", default=None, help="base model directory for an adapter "
+    g.add_argument("--out", help="agent.out: output directory (predictions.csv, metrics.json; default "
+                                 "output.dir/agent)")
+    g.add_argument("--base-model", help="model.base_model: base model directory for an adapter "
                    "(default: the adapter's base_model_name_or_path)")
-    p.add_argument("--image-dir", default=None, help="folder screenshots (Image_id) are resolved against "
+    g.add_argument("--image-dir", help="agent.image_dir: folder screenshots (Image_id) are resolved against "
                    "(default: the CSV's folder)")
-    p.add_argument("--drop", action="append", default=[], metavar="SECTION",
-                   help="prompt section(s) dropped at training, repeatable or comma-separated "
+    g.add_argument("--drop", action="append", metavar="SECTION",
+                   help="agent.drop: prompt section(s) dropped at training, repeatable or comma-separated "
                         f"({', '.join(carepilot.DROPPABLE)}); must match `vlmtune convert --drop`")
-    p.add_argument("--column", action="append", default=[], metavar="KEY=NAME",
-                   help="rename a column, as for `vlmtune convert --column`")
-    p.add_argument("--actions", metavar="A,B,...", help="the actions the prompt offers; must match "
+    g.add_argument("--column", action="append", metavar="KEY=NAME",
+                   help="agent.columns: rename a column, as for `vlmtune convert --column`")
+    g.add_argument("--actions", metavar="A,B,...", help="agent.actions: the actions the prompt offers; must match "
                    "`vlmtune convert --actions` (default: the gold actions in --data, as convert finds them)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="per step (default 256)")
-    p.add_argument("--system-prompt", default=None, help="system prompt, if the model was trained with one")
+    g.add_argument("--max-new-tokens", type=int, help="agent.max_new_tokens: per step (default 256)")
+    g.add_argument("--system-prompt", help="data.system_prompt: system prompt, if the model was trained with one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_recipe_agent(recipe: Any, show_progress: bool = False) -> tuple[dict, Path]:
+    """:func:`run_agent` with a recipe's keys; returns the metrics and the output directory
+    (where the resolved recipe is written as ``config.yaml``)."""
+    from vlmtune.config import ConfigError, save_recipe
+
+    cfg = recipe.agent
+    if not recipe.model.path:
+        raise ConfigError("vlmtune agent needs a model: --model DIR (model.path=DIR)")
+    if not recipe.data.eval_path:
+        raise ConfigError("vlmtune agent needs data: --data CSV (data.eval_path=CSV)")
+    out = Path(cfg.out or Path(recipe.output.dir) / "agent")
+    metrics = run_agent(recipe.model.path, recipe.data.eval_path, out, base_model=recipe.model.base_model,
+                        image_dir=cfg.image_dir, drop=cfg.drop, actions=cfg.actions,
+                        max_new_tokens=cfg.max_new_tokens, system_prompt=recipe.data.system_prompt,
+                        columns=cfg.columns, show_progress=show_progress, backend=recipe.generation.backend,
+                        backend_options=recipe.generation.options)
+    save_recipe(recipe, out / "config.yaml")
+    return metrics, out
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """Run ``vlmtune agent``; prints the metrics. Exit 0."""
-    from vlmtune.data.converters import parse_columns, split_list
+    from vlmtune.config import recipe_from_args
 
-    metrics = run_agent(args.model, args.data, args.out, base_model=args.base_model, image_dir=args.image_dir,
-                        drop=split_list(args.drop), actions=split_list([args.actions]) if args.actions else None,
-                        max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt,
-                        columns=parse_columns(args.column), show_progress=not args.no_progress)
+    metrics, out = run_recipe_agent(recipe_from_args(args, AGENT_FLAGS), show_progress=not args.no_progress)
     print(json.dumps({k: v for k, v in metrics.items() if k != "run"}, indent=1, default=str))
-    print(f"wrote {Path(args.out) / 'predictions.csv'} and metrics.json")
+    print(f"wrote {out / 'predictions.csv'}, metrics.json and config.yaml")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vlmtune.tasks.gui_agent.agent ...`` (same arguments as ``vlmtune agent``)."""
-    from vlmtune.config import ConfigError
+    from vlmtune.config import ConfigError, parse_args
     from vlmtune.models.loading import ModelLoadError
 
     p = argparse.ArgumentParser(prog="vlmtune agent", description="sequential GUI-agent inference with memory")
     add_agent_args(p)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     try:
         return cmd_agent(args)
     except (ConfigError, DataError, ModelLoadError, ValueError, FileNotFoundError) as exc:
