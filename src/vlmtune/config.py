@@ -108,6 +108,11 @@ class TrainConfig(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = only at the end.")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="With several processes: auto = FSDP when the accelerate config says so "
+                            "(recipes/accelerate/fsdp.yaml), else DDP; fsdp = shard parameters, gradients and "
+                            "optimizer state over the processes whatever the launcher (torchrun); ddp = a full copy "
+                            "per process. One process ignores it (docs/scaling.md).")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A step whose loss, lr or gradient norm is NaN/inf: stop the run (exit 3, the step "
                             "named, the last checkpoint kept), or skip its optimizer step and count it.")

@@ -50,6 +50,7 @@ from vlmtune.train.advantages import (
     zero_spread_groups,
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
+from vlmtune.train.distributed import Layout
 from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean
 from vlmtune.train.multiturn import GENERATION_BATCH, EpisodeCollector, check_env_recipe, initial_states
 from vlmtune.train.run import Run
@@ -184,11 +185,11 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
     return sums
 
 
-def sync_gradients(model: Any, accelerator: Accelerator) -> None:
+def sync_gradients(model: Any, accelerator: Accelerator, sharded: bool) -> None:
     """Average gradients over processes by hand: with dynamic sampling, ranks may run a
     different number of backward passes (even none), which DDP's per-backward all-reduce
-    cannot handle without hanging."""
-    if accelerator.num_processes == 1:
+    cannot handle without hanging. A sharded model's backward already reduced them."""
+    if accelerator.num_processes == 1 or sharded:
         return
     for p in model.parameters():
         if p.requires_grad:
@@ -300,7 +301,7 @@ def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recip
         if batch.rollouts:
             stats = update(model, batch, old, ref, recipe, logps, accelerator)
         if has_work:
-            sync_gradients(model, accelerator)
+            sync_gradients(model, accelerator, run.layout.sharded)
             if recipe.train.max_grad_norm:
                 stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm))
             if run.step_ok(step, loss=stats.get("loss"), lr=scheduler.get_last_lr()[0],
@@ -360,18 +361,27 @@ def check_recipe(recipe: Recipe) -> None:
                           "grpo.prompts_per_step for a larger batch")
 
 
+def check_layout(recipe: Recipe, layout: Layout) -> None:
+    """What the recipe needs from the way processes share the model."""
+    if layout.sharded and recipe.grpo.drop_zero_spread:
+        # every forward of a sharded model is a collective: all processes must run as many
+        raise ConfigError("grpo.drop_zero_spread cannot run under FSDP: processes would run different numbers "
+                          "of forward passes after dropping groups; use train.distributed=ddp for dynamic sampling")
+
+
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train with GRPO as the recipe says; returns the run summary (also written to the run dir)."""
     t, cfg = recipe.train, recipe.grpo
     check_recipe(recipe)
     with Run.start(recipe, show_progress, engine="grpo") as run:
+        check_layout(recipe, run.layout)
         acc = run.accelerator
         loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
                                    t.gradient_checkpointing)
         model, processor = loaded.model, loaded.processor
         ref_model = None
         if cfg.beta > 0 and t.mode == "full":
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            ref_model = run.shard(copy.deepcopy(model).eval().requires_grad_(False), loaded.family)
         rewards = RewardSet(recipe.rewards, judge=recipe.judge)
         prompts, bad_rows = ([], BadRows()) if recipe.env.name else \
             load_prompts(recipe.data, show_progress and run.is_main)
@@ -381,9 +391,10 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         # the stream hands out prompt indices, or with env the indices of initial states
         n_items = initial_states(recipe.env, steps * cfg.prompts_per_step * acc.num_processes) \
             if recipe.env.name else len(prompts)
+        model = run.shard(model, loaded.family)
         optimizer = build_optimizer(model, loaded.family, t)
         scheduler = build_scheduler(optimizer, t, steps * cfg.num_iterations)
-        model, optimizer = acc.prepare(model, optimizer)
+        model, optimizer = run.prepare(model, optimizer)
         stream = BatchStream(n_items, cfg.prompts_per_step, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
         gen_cfg = recipe.generation
