@@ -59,18 +59,33 @@ def accelerate_asks_fsdp(accelerator: Any) -> bool:
 
 def layout(requested: str, accelerator: Any) -> Layout:
     """The run's layout from ``train.distributed`` and the launcher (see the module docstring)."""
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    from vlmtune.config import ConfigError
 
     n = accelerator.num_processes
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        from vlmtune.config import ConfigError
-
         raise ConfigError("DeepSpeed launches are not supported by the engines yet; use "
                           "recipes/accelerate/fsdp.yaml (FSDP2) for sharded training (docs/scaling.md)")
     if n == 1:
         return Layout("single", 1)
     fsdp = requested == "fsdp" or (requested == "auto" and accelerate_asks_fsdp(accelerator))
+    if fsdp and parse_flag_from_env("ACCELERATE_USE_FSDP") and parse_flag_from_env("FSDP_CPU_RAM_EFFICIENT_LOADING"):
+        # transformers would then load real weights on the first process only (the others get
+        # placeholders, to be broadcast by accelerate's own FSDP, which vlmtune does not use)
+        raise ConfigError("the accelerate config sets fsdp_cpu_ram_efficient_loading: true, which vlmtune does "
+                          "not support (every process loads the model, then it is sharded); set it to false as "
+                          "recipes/accelerate/fsdp.yaml does")
     return Layout("fsdp" if fsdp else "ddp", n)
+
+
+def check_mode(mode: str, layout: Layout) -> None:
+    """What a training mode needs from the layout, checked before the model loads."""
+    if layout.sharded and mode == "qlora":
+        from vlmtune.config import ConfigError
+
+        raise ConfigError("train.mode=qlora cannot be sharded with FSDP (4-bit weights are not DTensors); "
+                          "use train.mode=lora over a bfloat16 base, or train.distributed=ddp")
 
 
 def several_processes_without_accelerator() -> bool:

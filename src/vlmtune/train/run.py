@@ -44,7 +44,7 @@ from vlmtune.tracking import ComputeMeter, MetricsLogger, json_safe
 from vlmtune.trackers import accelerate_trackers, flat_config, init_kwargs, scalars
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.card import model_card
-from vlmtune.train.distributed import layout, several_processes_without_accelerator, shard
+from vlmtune.train.distributed import check_mode, layout, several_processes_without_accelerator, shard
 
 # Everything a run writes into output.dir; output.overwrite=true removes exactly these.
 ENV_ERRORS_FILE = "env_errors.jsonl"  # multi-turn GRPO: episodes whose environment raised
@@ -141,6 +141,7 @@ class Run:
                  engine: str = "sft"):
         self.recipe, self.dir, self.accelerator, self.engine = recipe, run_dir, accelerator, engine
         self.layout = layout(recipe.train.distributed, accelerator)
+        check_mode(recipe.train.mode, self.layout)
         self.show_progress = show_progress  # without the bar, each logged step prints a line
         self.start_step = 0
         self.nonfinite_skipped = 0
@@ -183,9 +184,6 @@ class Run:
         after this, over the sharded parameters); otherwise ``model`` as it is."""
         if not self.layout.sharded:
             return model
-        if self.recipe.train.mode == "qlora":
-            raise ConfigError("train.mode=qlora cannot be sharded with FSDP (4-bit weights are not DTensors); "
-                              "use train.mode=lora over a bfloat16 base, or train.distributed=ddp")
         return shard(model, family, self.accelerator.device, self.recipe.train.precision)
 
     def prepare(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
