@@ -237,6 +237,10 @@ class ServeConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's choice (on a busy CPU, "
                                                         "cores / max_concurrency is often much faster).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+    weight_updates: bool = Field(
+        False, description="Open POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's) and "
+                           "/update_weights_from_disk (SGLang's): clients make the server read adapter and model "
+                           "folders from its disk (a trainer keeping the policy current; docs/serving.md).")
     limits: ServeLimits = Field(default_factory=ServeLimits)
 
 

@@ -31,18 +31,28 @@ class Engine:
 
     def __init__(self, loaded: Any, model_name: str):
         self.model_name = model_name
-        self.model, self.processor, self.tokenizer = loaded.model, loaded.processor, loaded.tokenizer
+        self.processor, self.tokenizer = loaded.processor, loaded.tokenizer
         self.is_vlm = loaded.family is not None
         if not getattr(self.processor, "chat_template", None) and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"model {model_name!r} has no chat template; /v1/chat/completions needs one")
-        self.generator = HFGenerator(self.model, self.processor, family=loaded.family, batch_size=1,
+        self.generator = HFGenerator(loaded.model, self.processor, family=loaded.family, batch_size=1,
                                      strip_text=False)
         if not self.generator.end_ids:
             raise ValueError(f"model {model_name!r} defines no end-of-sequence token")
-        self.context_length = context_length(self.model)
+        self.context_length = context_length(loaded.model)
         # No token spans more characters than the longest vocabulary entry: a cheap lower bound
         # on a text's token count (see vlmtune.serve.limits.min_prompt_tokens).
         self.max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
+
+    @property
+    def model(self) -> Any:
+        return self.generator.model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        """The served weights swapped (:mod:`vlmtune.serve.weights` wraps the model in PEFT
+        when a first adapter loads and unwraps it after the last)."""
+        self.generator.model = model
 
     def encode(self, messages: list[dict], images: list[Any]) -> dict[str, Any]:
         """Model inputs (batch dim 1) for a conversation that ends with a user turn."""
