@@ -90,7 +90,9 @@ def test_sft_full_two_processes_equal_one_and_export(tiny_model_dir, data, tmp_p
     assert main(["sft", *common, f"output.dir={one}", "train.grad_accum=2", "--no-progress"]) == 0
     fsdp_w, one_w = (load_file(str(d / "final" / "model.safetensors")) for d in (out, one))
     base = load_file(str(model / "model.safetensors"))
-    assert max_difference(fsdp_w, one_w) < 1e-4 < max_difference(one_w, base)
+    # measured: 5.4e-5 apart, while training moved weights by 0.03 (Adam turns float-order
+    # differences in near-zero gradients into small update differences)
+    assert max_difference(fsdp_w, one_w) < 1e-3 and max_difference(one_w, base) > 1e-2
 
     # exact resume from the sharded step-2 checkpoint
     resumed = copy_to_resume(out, tmp_path / "resumed", 2)

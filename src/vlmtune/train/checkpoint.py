@@ -147,7 +147,7 @@ def _write_checkpoint(tmp: Path, step: int, model: Any, optimizer: Any, schedule
     _barrier(sharded)  # every shard and RNG file is written before the checkpoint is completed
     if main:
         _save(scheduler.state_dict(), tmp / "scheduler.pt")
-        layout = {"sharded": sharded, "processes": torch.distributed.get_world_size() if sharded else 1}
+        layout = {"sharded": sharded, "shards": torch.distributed.get_world_size() if sharded else 1}
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state, "layout": layout},
                                                            indent=1))
         (tmp / COMPLETE).write_text("ok\n")
