@@ -147,8 +147,8 @@ def test_grpo_lora_sharded_resume_and_merge(tiny_model_dir, data, tmp_path, caps
 
 def test_fsdp_refuses_what_it_cannot_shard():
     """Checked before the model loads: QLoRA's 4-bit weights are not DTensors, and dynamic
-    sampling would leave processes running different numbers of forward passes (each one a
-    collective under FSDP)."""
+    sampling or multi-turn episodes would leave processes running different numbers of forward
+    passes (each one a collective under FSDP)."""
     from vlmtune.config import ConfigError, load_recipe
     from vlmtune.train.distributed import Layout, check_mode
     from vlmtune.train.grpo import check_layout
@@ -160,6 +160,10 @@ def test_fsdp_refuses_what_it_cannot_shard():
     check_mode("lora", fsdp)
     recipe = load_recipe(None, ["grpo.drop_zero_spread=true"])
     with pytest.raises(ConfigError, match="grpo.drop_zero_spread cannot run under FSDP"):
+        check_layout(recipe, fsdp)
+    check_layout(recipe, ddp)
+    recipe = load_recipe(None, ["env.name=sokoban"])
+    with pytest.raises(ConfigError, match=r"multi-turn GRPO \(env.name\) cannot run under FSDP"):
         check_layout(recipe, fsdp)
     check_layout(recipe, ddp)
 

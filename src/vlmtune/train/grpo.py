@@ -362,11 +362,18 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def check_layout(recipe: Recipe, layout: Layout) -> None:
-    """What the recipe needs from the way processes share the model."""
-    if layout.sharded and recipe.grpo.drop_zero_spread:
-        # every forward of a sharded model is a collective: all processes must run as many
+    """What the recipe needs from the way processes share the model. Every forward of a
+    sharded model is a collective, so under FSDP all processes must run as many: nothing
+    may leave them with different numbers of groups or turns."""
+    if not layout.sharded:
+        return
+    if recipe.grpo.drop_zero_spread:
         raise ConfigError("grpo.drop_zero_spread cannot run under FSDP: processes would run different numbers "
                           "of forward passes after dropping groups; use train.distributed=ddp for dynamic sampling")
+    if recipe.env.name:
+        raise ConfigError("multi-turn GRPO (env.name) cannot run under FSDP yet: episodes of different lengths "
+                          "would leave processes with different numbers of forward passes; use "
+                          "train.distributed=ddp")
 
 
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
