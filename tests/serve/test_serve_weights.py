@@ -69,14 +69,15 @@ def ask(url: str, model: str | None) -> str:
 def offline_answer(model_dir: Path) -> str:
     """The same question answered by the same weights loaded the ordinary way, without HTTP."""
     from vlmtune.models.loading import load_for_inference
-    from vlmtune.serve.engine import Engine, Sampling
+    from vlmtune.rollout.generator import SamplingParams
+    from vlmtune.serve.engine import Engine
 
     engine = Engine(load_for_inference(model_dir), "offline")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape is this?"}]}]
     from vlmtune.data.sample import load_image
 
     image = load_image(png_data_uri())
-    return engine.generate(engine.encode(messages, [image]), Sampling(max_new_tokens=12, temperature=0))[0].text
+    return engine.generate(engine.encode(messages, [image]), SamplingParams(max_new_tokens=12, do_sample=False))[0].text
 
 
 def test_adapters_load_switch_replace_and_unload(server, adapters):
