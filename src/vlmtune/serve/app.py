@@ -143,10 +143,11 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
         return prep, inputs, dataclasses.replace(prep.sampling, max_new_tokens=max_new), prompt_tokens
 
     def generation(served: str, inputs: dict[str, Any], sampling: SamplingParams,
-                   on_text: Callable[[str], None] | None = None) -> Awaitable[list[Completion]]:
+                   on_text: Callable[[str], None] | None = None, logprobs: bool = False
+                   ) -> Awaitable[list[Completion]]:
         def job(cancel: Any) -> list[Completion]:
             with weights.using(served):
-                return engine.generate(inputs, sampling, cancel=cancel, on_text=on_text)
+                return engine.generate(inputs, sampling, cancel=cancel, on_text=on_text, logprobs=logprobs)
 
         return scheduler.run(job)
 
@@ -176,7 +177,8 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            choices = await unless_disconnected(request, generation(served, inputs, sampling))
+            choices = await unless_disconnected(request, generation(served, inputs, sampling,
+                                                                    logprobs=prep.logprobs))
         except ClientGone:
             log.info("client disconnected; its request was dropped or stopped")
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -188,7 +190,8 @@ def create_app(loaded: Any, model_name: str, *, api_key: str | None = None, max_
         done(choices)
         return {**head, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": ch.text},
-                             "logprobs": None, "finish_reason": ch.finish_reason}
+                             "logprobs": {"content": engine.logprobs_content(ch, prep.tokens_as_ids)}
+                             if prep.logprobs else None, "finish_reason": ch.finish_reason}
                             for i, ch in enumerate(choices)],
                 "usage": usage(prompt_tokens, sum(ch.tokens for ch in choices)),
                 "system_fingerprint": None}

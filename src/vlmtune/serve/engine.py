@@ -69,7 +69,19 @@ class Engine:
                               f"{type(exc).__name__}: {exc}") from None
 
     def generate(self, inputs: dict[str, Any], params: SamplingParams, *, cancel: threading.Event | None = None,
-                 on_text: Callable[[str], None] | None = None) -> list[Completion]:
+                 on_text: Callable[[str], None] | None = None, logprobs: bool = False) -> list[Completion]:
         """``params.n`` completions of the prompt in ``inputs``. ``cancel`` stops generation at
-        the next token; ``on_text`` (n=1 only) gets each new piece of decoded text."""
-        return self.generator.generate_encoded(inputs, params, cancel=cancel, on_text=on_text)[0]
+        the next token; ``on_text`` (n=1 only) gets each new piece of decoded text; ``logprobs``
+        adds each token's log-probability under the sampling distribution."""
+        return self.generator.generate_encoded(inputs, params, cancel=cancel, on_text=on_text, logprobs=logprobs)[0]
+
+    def logprobs_content(self, completion: Completion, tokens_as_ids: bool) -> list[dict[str, Any]]:
+        """OpenAI's ``choices[].logprobs.content``: one entry per generated token (the end token
+        included), named by its text or, as vLLM's ``return_tokens_as_token_ids`` does,
+        ``token_id:ID``."""
+        ids = completion.ids.tolist()
+        with self.generator.tokenizer_lock:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+        return [{"token": f"token_id:{i}" if tokens_as_ids else piece, "logprob": float(lp),
+                 "bytes": list(piece.encode()), "top_logprobs": []}
+                for i, piece, lp in zip(ids, pieces, completion.logprobs.tolist())]

@@ -57,6 +57,9 @@ class ChatCompletionRequest(_Lenient):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    return_tokens_as_token_ids: bool | None = Field(
+        False, description="vLLM's extension: logprobs name each token as 'token_id:ID' (what a trainer needs).")
     tools: list[Any] | None = None
 
 

@@ -51,7 +51,7 @@ from vlmtune.train.advantages import (
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
 from vlmtune.train.distributed import Layout
-from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean
+from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean, sampler_mismatch
 from vlmtune.train.multiturn import GENERATION_BATCH, EpisodeCollector, check_env_recipe, initial_states
 from vlmtune.train.run import Run
 
@@ -175,6 +175,8 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
             mask, ref_logp=ref[i] if ref else None, beta=cfg.beta, kl=cfg.kl, eps_low=cfg.eps_low,
             eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, max_completion_length=cfg.max_new_tokens,
             num_tokens=total_tokens if token_mean else None)
+        if r.sampling_logp is not None:  # sampled elsewhere (a server): how far its policy is from ours
+            stats.update(sampler_mismatch(logp, r.sampling_logp.to(logp.device), mask))
         weight = 1.0 if token_mean else (hi - lo) / n_seq
         with accelerator.no_sync(model):  # ranks may hold different numbers of groups
             accelerator.backward(loss * weight)
@@ -374,6 +376,9 @@ def check_layout(recipe: Recipe, layout: Layout) -> None:
         raise ConfigError("multi-turn GRPO (env.name) cannot run under FSDP yet: episodes of different lengths "
                           "would leave processes with different numbers of forward passes; use "
                           "train.distributed=ddp")
+    if recipe.generation.backend == "http":
+        raise ConfigError("generation.backend=http cannot run under FSDP yet (each weight sync would have to "
+                          "gather the sharded policy); use train.distributed=ddp with generation servers")
 
 
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
@@ -418,6 +423,11 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         logps = partial(rollout_logps, pad_id=pad_id, temperature=cfg.temperature,
                         position_style=loaded.family.position_style if cfg.shared_prefix else None)
         run.resume(model, optimizer, scheduler, stream)
+        # A backend that samples elsewhere (http: generation servers) gets the policy before the
+        # first step and after every update; the in-process one samples from it directly.
+        sync_weights = getattr(generator, "sync_weights", None)
+        if sync_weights is not None:
+            sync_weights(acc.unwrap_model(model), run.start_step)
 
         timer, console = PhaseTimer(), Console(stderr=True)
         last: dict[str, Any] = {}
@@ -439,6 +449,9 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                                 ref = group_logps(ref_policy, batch, logps)
                 with timer("update"):
                     stats = optimize(model, batch, old, ref, recipe, logps, run, optimizer, scheduler, step)
+                if sync_weights is not None:
+                    with timer("sync"):
+                        sync_weights(acc.unwrap_model(model), step)
                 count_tokens(run.meter, batch, cfg)
                 metrics = {**rewards.pop_metrics(), **step_metrics(batch, rewards.names, g, *gather_rewards(batch, acc)),
                            **batch.metrics, **stats,
