@@ -43,12 +43,13 @@ def grpo_args(model: Path, data: tuple[Path, Path], out: Path, base_url: str, *e
     return ["grpo", f"model.path={model}", f"data.train_path={shapes}", f"output.dir={out}",
             f"rewards=[{{fn: '{rewards}:length'}}]", "grpo.num_generations=3", "grpo.prompts_per_step=2",
             "grpo.max_new_tokens=6", "train.max_steps=2", "train.lr=5e-2", "train.scheduler=constant",
+            "lora.dropout=0",  # (dropout in the update's forward would be a real mismatch with the sampler)
             "generation.backend=http", f"generation.options={{base_urls: ['{base_url}/v1'], sync_dir: '{out}-sync'}}",
             "--no-progress", *extra]
 
 
 def greedy(url: str, model: str) -> str:
-    body = {"model": model, "max_tokens": 10, "temperature": 0,
+    body = {"model": model, "max_tokens": 12, "temperature": 0,  # as offline_answer asks
             "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri()}},
                                                       {"type": "text", "text": "What shape is this?"}]}]}
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT)
