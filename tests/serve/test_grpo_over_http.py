@@ -82,6 +82,24 @@ def test_two_grpo_steps_sample_on_the_server_and_sync_the_adapter(server, tiny_m
     assert greedy(server, "policy") == offline_answer(out / "final") != base_answer
 
 
+def test_full_fine_tuning_reloads_the_whole_model(server, tiny_model_dir, data, tmp_path):
+    """Without an adapter the policy goes over as a whole model (SGLang's update_weights_from_disk);
+    the sampler's log-probs at step 2 equal the trainer's only if step 1's update arrived."""
+    for name in stats(server, key=None)["weights"]["adapters_loaded"]:  # full weights go into a plain model
+        httpx.post(f"{server}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=TIMEOUT).raise_for_status()
+    before = stats(server, key=None)["weights"]
+    out = tmp_path / "run"
+    try:
+        assert main(grpo_args(tiny_model_dir("qwen2_vl"), data, out, server, "train.mode=full", "train.lr=1e-3")) == 0
+    finally:  # the server's own weights back
+        httpx.post(f"{server}/update_weights_from_disk", json={"model_path": str(tiny_model_dir("qwen2_vl"))},
+                   timeout=TIMEOUT).raise_for_status()
+    after = stats(server, key=None)["weights"]
+    assert after["reloads"] - before["reloads"] == 4 and after["adapter_loads"] == before["adapter_loads"]
+    step2 = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
+    assert abs(step2["sampling/ratio_mean"] - 1) < 1e-3 and step2["grad_norm"] > 0
+
+
 def test_dead_server_stops_the_run_in_one_line(tiny_model_dir, data, tmp_path, free_port, capsys):
     url = f"http://127.0.0.1:{free_port()}"
     rc = main(grpo_args(tiny_model_dir("qwen2_vl"), data, tmp_path / "run", url,
