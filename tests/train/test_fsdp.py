@@ -166,6 +166,10 @@ def test_fsdp_refuses_what_it_cannot_shard():
     with pytest.raises(ConfigError, match=r"multi-turn GRPO \(env.name\) cannot run under FSDP"):
         check_layout(recipe, fsdp)
     check_layout(recipe, ddp)
+    recipe = load_recipe(None, ["generation.backend=http"])
+    with pytest.raises(ConfigError, match="generation.backend=http cannot run under FSDP yet"):
+        check_layout(recipe, fsdp)
+    check_layout(recipe, ddp)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
