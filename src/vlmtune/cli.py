@@ -369,12 +369,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _stops() -> tuple[type[BaseException], ...]:
-    """A run that stopped on purpose (judge down, non-finite loss): exit code 3, the last
-    complete checkpoint kept."""
+    """A run that stopped on purpose (judge or generation servers down, non-finite loss): exit
+    code 3, the last complete checkpoint kept."""
     from vlmtune.rewards.judge import JudgeAborted
+    from vlmtune.rollout.http import GenerationServerError
     from vlmtune.train.run import RunStopped
 
-    return (JudgeAborted, RunStopped)
+    return (JudgeAborted, GenerationServerError, RunStopped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,11 @@ class TrainConfig(_Section):
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = only at the end.")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="With several processes: auto = FSDP when the accelerate config says so "
+                            "(recipes/accelerate/fsdp.yaml), else DDP; fsdp = shard parameters, gradients and "
+                            "optimizer state over the processes whatever the launcher (torchrun); ddp = a full copy "
+                            "per process. One process ignores it (docs/scaling.md).")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A step whose loss, lr or gradient norm is NaN/inf: stop the run (exit 3, the step "
                             "named, the last checkpoint kept), or skip its optimizer step and count it.")
@@ -232,6 +237,10 @@ class ServeConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's choice (on a busy CPU, "
                                                         "cores / max_concurrency is often much faster).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+    weight_updates: bool = Field(
+        False, description="Open POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's) and "
+                           "/update_weights_from_disk (SGLang's): clients make the server read adapter and model "
+                           "folders from its disk (a trainer keeping the policy current; docs/serving.md).")
     limits: ServeLimits = Field(default_factory=ServeLimits)
 
 

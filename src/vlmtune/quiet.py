@@ -9,6 +9,9 @@ libraries (nor any other warning) is hidden:
 - transformers 5 warns ``FutureWarning: `gradient_checkpointing_enable` is deprecated and will
   be removed in v6`` (and the same for ``is_gradient_checkpointing``) when peft calls the old
   names; the user cannot act on it.
+- torch's FSDP2 warns ``FSDP2-wrapped module (...) returned a view tensor`` once per process
+  when the model's logits are a slice (``logits_to_keep``); the warning is about in-place ops
+  on that view, which vlmtune's losses never do.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ LOG_NOISE: tuple[tuple[str, str], ...] = (
 
 WARNING_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, r"`\w+` is deprecated and will be removed in v6", r"transformers\."),
+    (UserWarning, r"FSDP2-wrapped module \(\w+\) returned a view tensor", r"torch\.distributed\.fsdp\."),
 )
 """(category, message regex, module regex) of warnings ignored."""
 

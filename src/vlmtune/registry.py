@@ -185,8 +185,11 @@ ADVANTAGE_SCALES = _table("advantage scale", "vlmtune.train.advantages", {
     "group": "group_std", "batch": "batch_std", "none": "no_scale"})
 # A generation backend: a class built as cls(model, processor, *, system_prompt, batch_size, **options)
 # whose generate(samples, params) returns completions (vlmtune.rollout.generator.Generator).
-GENERATORS = Registry("generation backend", {"hf": "vlmtune.rollout.hf:HFGenerator"},
-                      help={"hf": "transformers generate in this process, batched"})
+GENERATORS = Registry("generation backend", {"hf": "vlmtune.rollout.hf:HFGenerator",
+                                              "http": "vlmtune.rollout.http:HTTPGenerator"},
+                      help={"hf": "transformers generate in this process, batched",
+                            "http": "OpenAI-compatible servers (vLLM, vlmtune serve), weights synced after each "
+                                    "update"})
 
 
 # A task is a class (or object) with ``name`` and ``score(samples, responses)``, plus optional

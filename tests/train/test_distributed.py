@@ -54,6 +54,8 @@ def test_sft_two_processes(tiny_model_dir, data, tmp_path):
         f"model.path={tiny_model_dir('qwen2_vl')}", f"data.train_path={data}", f"output.dir={tmp_path / 'alone'}",
         "train.max_steps=3", "train.batch_size=2", "train.grad_accum=4", "train.max_length=512"]), show_progress=False)
     assert summary["compute"]["processes"] == 2 and alone["compute"]["processes"] == 1
+    assert summary["distributed"] == {"type": "ddp", "processes": 2}
+    assert alone["distributed"] == {"type": "single", "processes": 1}
     assert summary["compute"]["train_tokens"] == alone["compute"]["train_tokens"] > 0
     two, one = (json.loads((tmp_path / run / "compute_report.json").read_text()) for run in ("run", "alone"))
     assert two["device"]["count"] == 2 and one["device"]["count"] == 1

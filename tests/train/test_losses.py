@@ -330,3 +330,18 @@ def test_trl_harness_catches_wrong_kl_estimator():
     # TRL uses k3; our k1 on the same tensors must not match
     (ours, _, _), (ref_loss, _, _) = _ours_and_trl("grpo", 0, 0.04, kl="k1")
     assert not torch.allclose(ours, ref_loss)
+
+
+def test_sampler_mismatch_by_hand():
+    """Trainer log-probs (-1, -2) vs the sampler's (-1, -1.5) on two valid tokens (the third is
+    padding): ratios 1 and e^-0.5, so a mean of (1 + 0.60653) / 2; |diff| mean (0 + 0.5) / 2."""
+    from vlmtune.train.losses import sampler_mismatch
+
+    logp = torch.tensor([[-1.0, -2.0, 0.0]])
+    sampling = torch.tensor([[-1.0, -1.5, 9.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    stats = sampler_mismatch(logp, sampling, mask)
+    assert float(stats["sampling/ratio_mean"]) == pytest.approx(0.803265, abs=1e-6)
+    assert float(stats["sampling/abs_logp_diff"]) == pytest.approx(0.25)
+    same = sampler_mismatch(logp, logp, mask)
+    assert float(same["sampling/ratio_mean"]) == 1.0 and float(same["sampling/abs_logp_diff"]) == 0.0

@@ -48,11 +48,15 @@ class SamplingParams:
 class Completion:
     """One completion: ``ids`` (T,) are the generated tokens up to and including the end
     token (no padding); ``finish_reason`` is ``"stop"`` (an end token or stop string) or
-    ``"length"`` (``max_new_tokens`` reached without ending)."""
+    ``"length"`` (``max_new_tokens`` reached without ending). ``logprobs`` (T,), when the
+    backend reports them, are each token's log-probability under the distribution it was
+    sampled from (temperature applied, before top-p): a trainer compares them with its own
+    to see how far the sampler's policy is from the one it trains (never trains on them)."""
 
     ids: torch.Tensor
     text: str
     finish_reason: FinishReason
+    logprobs: torch.Tensor | None = None
 
     @property
     def truncated(self) -> bool:

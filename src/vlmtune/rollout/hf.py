@@ -42,7 +42,8 @@ class Rollout:
 
     ``completion_ids`` is (G, T) right-padded with ``pad_id``; ``mask`` marks real tokens
     (the end-of-turn token included); ``truncated`` marks completions that hit
-    ``max_new_tokens`` without ending.
+    ``max_new_tokens`` without ending; ``sampling_logp`` (G, T), when the backend reported
+    them, are the sampler's log-probs of the tokens (:attr:`Completion.logprobs`).
     """
 
     sample: Sample
@@ -51,6 +52,7 @@ class Rollout:
     mask: torch.Tensor
     texts: list[str]
     truncated: list[bool]
+    sampling_logp: torch.Tensor | None = None
 
     @classmethod
     def of(cls, sample: Sample, prompt: dict[str, torch.Tensor], completions: Sequence[Completion],
@@ -59,9 +61,14 @@ class Rollout:
         width = max(c.tokens for c in completions)
         ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(completions), width), dtype=torch.long)
+        sampling = torch.zeros((len(completions), width)) if all(c.logprobs is not None for c in completions) \
+            else None
         for row, c in enumerate(completions):
             ids[row, :c.tokens], mask[row, :c.tokens] = c.ids, 1
-        return cls(sample, prompt, ids, mask, [c.text for c in completions], [c.truncated for c in completions])
+            if sampling is not None:
+                sampling[row, :c.tokens] = c.logprobs
+        return cls(sample, prompt, ids, mask, [c.text for c in completions], [c.truncated for c in completions],
+                   sampling)
 
 
 def sample_groups(generator: Generator, samples: list[Sample], params: SamplingParams,
@@ -138,11 +145,12 @@ class HFGenerator:
                 self.tokenizer.padding_side = old_side
 
     def generate_encoded(self, inputs: dict[str, Any], params: SamplingParams, *,
-                         cancel: threading.Event | None = None,
-                         on_text: Callable[[str], None] | None = None) -> list[list[Completion]]:
+                         cancel: threading.Event | None = None, on_text: Callable[[str], None] | None = None,
+                         logprobs: bool = False) -> list[list[Completion]]:
         """One ``generate`` call over encoded prompts (:meth:`encode`, batch dim B): ``params.n``
         completions of each. ``cancel`` stops every row at the next token; ``on_text`` (one
-        prompt, n=1) receives the text as it grows (streaming)."""
+        prompt, n=1) receives the text as it grows (streaming); ``logprobs`` fills
+        :attr:`Completion.logprobs` (what a server reports to a trainer)."""
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         prompts, prompt_len = inputs["input_ids"].shape
@@ -156,6 +164,8 @@ class HFGenerator:
         criteria = self._criteria(params.stop, prompt_len, cancel)
         if criteria:
             kwargs["stopping_criteria"] = criteria
+        if logprobs:  # the raw logits of every step; the sampling distribution is computed below
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         if on_text is not None:
             if prompts * copies != 1:
                 raise ValueError("on_text streams one completion of one prompt")
@@ -173,11 +183,18 @@ class HFGenerator:
                     seqs = self.model.generate(**inputs, **kwargs)
         finally:
             self.model.train(was_training)
+        token_logps = None
+        if logprobs:
+            seqs, token_logps = seqs.sequences, sampled_logps(seqs.logits, seqs.sequences[:, prompt_len:],
+                                                              params.temperature if params.do_sample else 1.0)
         # Only a stop string or the cancel flag ends a row early without an end token; generate
         # pads such a row, and only such a row, after its last token.
         padded = bool(params.stop) or cancel is not None
         with self.tokenizer_lock:
             rows = [self._completion(row, params.stop, padded) for row in seqs[:, prompt_len:].cpu()]
+        if token_logps is not None:
+            for row, logps in zip(rows, token_logps.cpu()):
+                row.logprobs = logps[:row.tokens]
         return [[rows[p * copies + i % copies] for i in range(params.n)] for p in range(prompts)]
 
     def _completion(self, row: torch.Tensor, stop: Sequence[str], padded: bool) -> Completion:
@@ -203,6 +220,14 @@ class HFGenerator:
         if stop:  # (transformers' stop_strings precomputes over the whole vocabulary: slow)
             criteria.append(_StopOnText(self, list(stop), prompt_len))
         return criteria
+
+
+def sampled_logps(step_logits: Sequence[torch.Tensor], sampled: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, T) log-probabilities of the ``sampled`` tokens (B, T) under each step's
+    distribution at ``temperature`` (``step_logits``: T tensors of (B, V) raw logits), which
+    is what the trainer's log-prob passes compute for the same tokens."""
+    logits = torch.stack(list(step_logits), dim=1)[:, :sampled.shape[1]].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, sampled[:, :logits.shape[1], None]).squeeze(-1)
 
 
 class _Cancelled(StoppingCriteria):

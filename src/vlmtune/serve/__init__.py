@@ -6,7 +6,9 @@ template; full model, PEFT adapter or GGUF file) behind:
 - ``GET  /health``                 liveness, no authentication;
 - ``GET  /v1/models``              the one served model;
 - ``POST /v1/chat/completions``    the OpenAI request/response schema, ``stream: true`` included;
-- ``GET  /v1/stats``               counters: requests, responses by status, generation load, limits.
+- ``GET  /v1/stats``               counters: requests, responses by status, generation load, limits;
+- ``POST /v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, ``/update_weights_from_disk``:
+  the served weights changed at run time (off unless asked for).
 
 The package, by concern (docs/serving.md is the user's guide):
 
@@ -16,6 +18,7 @@ The package, by concern (docs/serving.md is the user's guide):
 - :mod:`~vlmtune.serve.prepare`: a request's meaning -> canonical messages + images (400);
 - :mod:`~vlmtune.serve.engine`: generation with the model, no HTTP (encode, generate, cancel, stream);
 - :mod:`~vlmtune.serve.scheduler`: generation slots, the queue, dropping work of departed clients;
+- :mod:`~vlmtune.serve.weights`: adapters and full weights changed at run time, routing by ``model``;
 - :mod:`~vlmtune.serve.streaming`: server-sent ``chat.completion.chunk`` events;
 - :mod:`~vlmtune.serve.guard`: the outer ASGI layer (auth, body bytes, query strings, counting);
 - :mod:`~vlmtune.serve.app`: the FastAPI routes; :mod:`~vlmtune.serve.cli`: the verb.

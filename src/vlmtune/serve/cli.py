@@ -28,7 +28,8 @@ def default_model_name(model_dir: str | Path, gguf_file: str | None = None) -> s
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           base_model: str | None = None, gguf_file: str | None = None, *, model_name: str | None = None,
           dtype: str = "float32", trust_remote_code: bool = False, max_concurrency: int = 1,
-          limits: Limits | None = None, threads: int | None = None, log_level: str = "info") -> None:
+          limits: Limits | None = None, threads: int | None = None, log_level: str = "info",
+          allow_weight_updates: bool = False) -> None:
     """Load ``model_dir`` (full model, PEFT adapter or GGUF file inside it) and serve it until stopped.
 
     ``threads`` sets torch's intra-op threads for the process (on a busy CPU, 1 thread per
@@ -45,7 +46,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     loaded = load_for_inference(model_dir, base_model, dtype=dtype, gguf_file=gguf_file,
                                 trust_remote_code=trust_remote_code)
     name = model_name or default_model_name(model_dir, gguf_file)
-    app = create_app(loaded, name, api_key=api_key, max_concurrency=max_concurrency, limits=limits)
+    app = create_app(loaded, name, api_key=api_key, max_concurrency=max_concurrency, limits=limits,
+                     allow_weight_updates=allow_weight_updates)
     if host not in _LOOPBACK and not api_key:
         log.warning("serving on %s without an API key: anyone who can reach this address can use the model",
                     host)
@@ -53,7 +55,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     bounds = app.stats.limits
     print(f"vlmtune serve: {name} ({kind}) on http://{host}:{port}/v1 "
           f"(API key: {'required' if api_key else 'none'}; max concurrency {max_concurrency}; "
-          f"prompt <= {bounds['max_prompt_tokens']} tokens, body <= {bounds['max_body_bytes'] // MIB} MiB)",
+          f"prompt <= {bounds['max_prompt_tokens']} tokens, body <= {bounds['max_body_bytes'] // MIB} MiB; "
+          f"weight updates {'on' if allow_weight_updates else 'off'})",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
@@ -71,7 +74,7 @@ SERVE_FLAGS = {"model_dir": "model.path", "base_model": "model.base_model", "ggu
                "dtype": "model.dtype", "trust_remote_code": "model.trust_remote_code", "host": "serve.host",
                "port": "serve.port", "api_key_env": "serve.api_key_env", "model_name": "serve.model_name",
                "max_concurrency": "serve.max_concurrency", "threads": "serve.threads", "log_level": "serve.log_level",
-               "max_body_mb": _mib,
+               "weight_updates": "serve.weight_updates", "max_body_mb": _mib,
                **{flag[2:].replace("-", "_"): f"serve.limits.{name}" for flag, name in LIMIT_FLAGS.items()}}
 """Each flag of ``vlmtune serve`` is a shorthand for a recipe key (``config.recipe_from_args``);
 ``--api-key`` alone is none (a secret never goes into a recipe)."""
@@ -106,6 +109,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                                                "or busy CPU, cores / max-concurrency is often much faster)")
     g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help=f"serve.log_level (default {s.log_level})")
+    g.add_argument("--enable-weight-updates", dest="weight_updates", action="store_true", default=None,
+                   help="serve.weight_updates: open POST /v1/load_lora_adapter, /v1/unload_lora_adapter (vLLM's) "
+                        "and /update_weights_from_disk (SGLang's); clients then make the server read adapter and "
+                        "model folders from its disk (what a trainer does to keep the policy current)")
     p.add_argument("--api-key", help="require this bearer key (see --api-key-env); never a recipe key")
     lim = p.add_argument_group("limits, serve.limits.* (each breach is a 4xx before the work is done)")
     for flag, name in LIMIT_FLAGS.items():
@@ -149,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     m = recipe.model
     serve(m.path, host=cfg.host, port=cfg.port, api_key=api_key, base_model=m.base_model, gguf_file=m.gguf_file,
           model_name=cfg.model_name, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
-          max_concurrency=cfg.max_concurrency, limits=cfg.limits, threads=cfg.threads, log_level=cfg.log_level)
+          max_concurrency=cfg.max_concurrency, limits=cfg.limits, threads=cfg.threads, log_level=cfg.log_level,
+          allow_weight_updates=cfg.weight_updates)
     return 0
 
 

@@ -31,18 +31,28 @@ class Engine:
 
     def __init__(self, loaded: Any, model_name: str):
         self.model_name = model_name
-        self.model, self.processor, self.tokenizer = loaded.model, loaded.processor, loaded.tokenizer
+        self.processor, self.tokenizer = loaded.processor, loaded.tokenizer
         self.is_vlm = loaded.family is not None
         if not getattr(self.processor, "chat_template", None) and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"model {model_name!r} has no chat template; /v1/chat/completions needs one")
-        self.generator = HFGenerator(self.model, self.processor, family=loaded.family, batch_size=1,
+        self.generator = HFGenerator(loaded.model, self.processor, family=loaded.family, batch_size=1,
                                      strip_text=False)
         if not self.generator.end_ids:
             raise ValueError(f"model {model_name!r} defines no end-of-sequence token")
-        self.context_length = context_length(self.model)
+        self.context_length = context_length(loaded.model)
         # No token spans more characters than the longest vocabulary entry: a cheap lower bound
         # on a text's token count (see vlmtune.serve.limits.min_prompt_tokens).
         self.max_token_chars = max(len(t) for t in self.tokenizer.get_vocab())
+
+    @property
+    def model(self) -> Any:
+        return self.generator.model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        """The served weights swapped (:mod:`vlmtune.serve.weights` wraps the model in PEFT
+        when a first adapter loads and unwraps it after the last)."""
+        self.generator.model = model
 
     def encode(self, messages: list[dict], images: list[Any]) -> dict[str, Any]:
         """Model inputs (batch dim 1) for a conversation that ends with a user turn."""
@@ -59,7 +69,19 @@ class Engine:
                               f"{type(exc).__name__}: {exc}") from None
 
     def generate(self, inputs: dict[str, Any], params: SamplingParams, *, cancel: threading.Event | None = None,
-                 on_text: Callable[[str], None] | None = None) -> list[Completion]:
+                 on_text: Callable[[str], None] | None = None, logprobs: bool = False) -> list[Completion]:
         """``params.n`` completions of the prompt in ``inputs``. ``cancel`` stops generation at
-        the next token; ``on_text`` (n=1 only) gets each new piece of decoded text."""
-        return self.generator.generate_encoded(inputs, params, cancel=cancel, on_text=on_text)[0]
+        the next token; ``on_text`` (n=1 only) gets each new piece of decoded text; ``logprobs``
+        adds each token's log-probability under the sampling distribution."""
+        return self.generator.generate_encoded(inputs, params, cancel=cancel, on_text=on_text, logprobs=logprobs)[0]
+
+    def logprobs_content(self, completion: Completion, tokens_as_ids: bool) -> list[dict[str, Any]]:
+        """OpenAI's ``choices[].logprobs.content``: one entry per generated token (the end token
+        included), named by its text or, as vLLM's ``return_tokens_as_token_ids`` does,
+        ``token_id:ID``."""
+        ids = completion.ids.tolist()
+        with self.generator.tokenizer_lock:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+        return [{"token": f"token_id:{i}" if tokens_as_ids else piece, "logprob": float(lp),
+                 "bytes": list(piece.encode()), "top_logprobs": []}
+                for i, piece, lp in zip(ids, pieces, completion.logprobs.tolist())]

@@ -5,8 +5,9 @@ In this order, for every HTTP request:
 1. the query string is dropped from the request (no route takes one), so a secret sent as
    ``?api_key=...`` never reaches uvicorn's access log, which prints the request line from it;
 2. the request and, later, its response status are counted (``/v1/stats``);
-3. ``/v1/`` routes need ``Authorization: Bearer KEY`` when a key is set (compared in constant
-   time, never logged or echoed), checked before any byte of the body is read;
+3. ``/v1/`` routes (and ``/update_weights_from_disk``, which changes the served weights) need
+   ``Authorization: Bearer KEY`` when a key is set (compared in constant time, never logged or
+   echoed), checked before any byte of the body is read;
 4. the body is read here, its bytes counted as they arrive, whether a ``Content-Length`` was
    sent or the body is chunked: past ``max_body_bytes`` the request gets 413 at once and the
    rest is never read. The app then reads the buffered body as usual.
@@ -22,6 +23,8 @@ from typing import Any
 from vlmtune.serve.errors import error_body
 from vlmtune.serve.stats import Stats
 
+
+KEYED_OUTSIDE_V1 = ("/update_weights_from_disk",)  # SGLang's path for it, kept
 
 # An early reply leaves the body unread: close the connection rather than read the rest.
 _UNREAD = [(b"connection", b"close")]
@@ -56,7 +59,7 @@ class Guard:
             await send(message)
 
         headers = dict(scope.get("headers") or [])
-        if path.startswith("/v1/") or path == "/v1":
+        if path.startswith("/v1/") or path == "/v1" or path.rstrip("/") in KEYED_OUTSIDE_V1:
             problem = self._unauthorized(headers, had_query)
             if problem is not None:
                 await _reply(counting_send, 401, error_body(problem, "authentication_error", code="invalid_api_key"),

@@ -36,6 +36,8 @@ class Prepared:
     requested_max_tokens: int | None
     stream: bool = False
     include_usage: bool = False
+    logprobs: bool = False  # each completion token's log-probability (non-streaming answers)
+    tokens_as_ids: bool = False  # ... named "token_id:ID" (vLLM's return_tokens_as_token_ids)
 
 
 @dataclass
@@ -59,12 +61,16 @@ def prepare(req: ChatCompletionRequest, limits: Limits, *, is_vlm: bool, model_n
     check_prompt_tokens(min_prompt_tokens(chars, max_token_chars), max_prompt_tokens, at_least=True)
     images = _decode_images(refs, limits)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return Prepared(messages, images, sampling, requested, bool(req.stream), include_usage)
+    return Prepared(messages, images, sampling, requested, bool(req.stream), include_usage, bool(req.logprobs),
+                    bool(req.return_tokens_as_token_ids))
 
 
 def _sampling(req: ChatCompletionRequest, limits: Limits) -> tuple[SamplingParams, int | None]:
-    if req.logprobs:
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+    if req.logprobs and req.stream:
+        raise APIError(400, "logprobs are given with non-streaming answers only", param="logprobs")
+    if req.top_logprobs:
+        raise APIError(400, "top_logprobs are not supported: logprobs give the sampled tokens' only",
+                       param="top_logprobs")
     if req.tools:
         raise APIError(400, "tools are not supported by this server", param="tools")
     if req.stream and req.n > 1:

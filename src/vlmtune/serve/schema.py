@@ -45,7 +45,7 @@ class StreamOptions(_Lenient):
 
 
 class ChatCompletionRequest(_Lenient):
-    model: str | None = Field(None, description="Accepted and echoed; the one loaded model answers.")
+    model: str | None = Field(None, description="The served model's name or a loaded adapter's (see weights.py).")
     messages: list[ChatMessage]
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -57,4 +57,30 @@ class ChatCompletionRequest(_Lenient):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    return_tokens_as_token_ids: bool | None = Field(
+        False, description="vLLM's extension: logprobs name each token as 'token_id:ID' (what a trainer needs).")
     tools: list[Any] | None = None
+
+
+class LoadLoRAAdapterRequest(_Lenient):
+    """vLLM's body for ``POST /v1/load_lora_adapter``."""
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(_Lenient):
+    """vLLM's body for ``POST /v1/unload_lora_adapter`` (``lora_int_id`` is accepted, unused)."""
+
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+class UpdateWeightsFromDiskRequest(_Lenient):
+    """SGLang's body for ``POST /update_weights_from_disk``."""
+
+    model_path: str
+    load_format: str | None = None
+    weight_version: str | None = None

@@ -1,5 +1,6 @@
 """The server's counters (``GET /v1/stats``): requests by path and status, generation load,
-and work dropped because its client went away. Updated from the event loop and from worker
+work dropped because its client went away, answers per served model, and weight changes
+(adapters loaded and unloaded, full reloads). Updated from the event loop and from worker
 threads, so every change happens under :attr:`Stats.lock`."""
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-PATHS = ("/health", "/v1/models", "/v1/chat/completions", "/v1/stats")
+PATHS = ("/health", "/v1/models", "/v1/chat/completions", "/v1/stats", "/v1/load_lora_adapter",
+         "/v1/unload_lora_adapter", "/update_weights_from_disk")
 
 
 @dataclass
@@ -31,6 +33,11 @@ class Counters:
     stopped_running: int = 0  # client gone while generating: stopped at the next token
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    served_by_model: dict[str, int] = field(default_factory=dict)  # chat completions answered
+    adapter_loads: int = 0  # an adapter loaded, or replaced in place
+    adapter_unloads: int = 0
+    weight_reloads: int = 0
+    weight_change_failures: int = 0
 
 
 class Stats:
@@ -62,7 +69,18 @@ class Stats:
             self.c.prompt_tokens += prompt
             self.c.completion_tokens += completion
 
-    def snapshot(self) -> dict[str, Any]:
+    def served(self, model: str) -> None:
+        with self.lock:
+            self.c.served_by_model[model] = self.c.served_by_model.get(model, 0) + 1
+
+    def weight_change(self, kind: str | None) -> None:
+        """``adapter_load``, ``adapter_unload``, ``weight_reload``; None = a failed one."""
+        with self.lock:
+            name = {"adapter_load": "adapter_loads", "adapter_unload": "adapter_unloads",
+                    "weight_reload": "weight_reloads", None: "weight_change_failures"}[kind]
+            setattr(self.c, name, getattr(self.c, name) + 1)
+
+    def snapshot(self, adapters: list[str] | None = None) -> dict[str, Any]:
         with self.lock:
             c = self.c
             return {
@@ -79,5 +97,9 @@ class Stats:
                                "max_concurrency": self.max_concurrency,
                                "dropped_queued": c.dropped_queued, "stopped_running": c.stopped_running,
                                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+                "served_by_model": dict(c.served_by_model),
+                "weights": {"adapters_loaded": list(adapters or []), "adapter_loads": c.adapter_loads,
+                            "adapter_unloads": c.adapter_unloads, "reloads": c.weight_reloads,
+                            "failures": c.weight_change_failures},
                 "limits": dict(self.limits),
             }

@@ -5,6 +5,15 @@ PEFT adapter, as safetensors), optimizer and scheduler state, RNG states and the
 state (step, data position). It is written to a temporary directory and renamed into
 place only when complete, so a process killed mid-write leaves the previous checkpoint
 intact and ``resume_from=auto`` picks that one.
+
+Under FSDP (``sharded=True``) every process takes part: each writes its shard of the weights
+(``pytorch_model_fsdp_0/``, accelerate's folder name) and of the optimizer state
+(``optimizer_0/``) with ``torch.distributed.checkpoint``, and its own RNG state; the main
+process writes the rest (config, scheduler, trainer state) and completes the checkpoint. An
+adapter's shards carry peft's saved names, a full model's the live module names, so
+``vlmtune export`` reads either into a plain transformers folder (:mod:`vlmtune.weights`).
+A sharded checkpoint resumes on any number of processes (the shards are re-cut on load),
+but only sharded: ``trainer_state.json`` records the layout that wrote it.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from vlmtune.outputs import writing
 from vlmtune.weights import live_state_dict, read_weights
 
 COMPLETE = "COMPLETE"
+SHARDED_WEIGHTS = "pytorch_model_fsdp_0"
+SHARDED_OPTIMIZER = "optimizer_0"
 
 
 def _is_peft(model: Any) -> bool:
@@ -64,42 +75,161 @@ def load_weights(model: Any, ckpt: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                    trainer_state: dict[str, Any], keep_last: int) -> Path:
+                    trainer_state: dict[str, Any], keep_last: int, sharded: bool = False) -> Path:
     """Write ``checkpoints/step-N`` atomically. A failed write (a full disk, say) removes its
     partial temporary directory and raises :class:`~vlmtune.outputs.OutputError` naming the
-    checkpoint; the previous checkpoints stay as they were."""
+    checkpoint; the previous checkpoints stay as they were.
+
+    Unsharded, only the main process calls it; sharded (FSDP), every process does."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    rank, main = _rank()
+    tmp = root / f".tmp-step-{step}-{_main_pid(sharded)}"
     with writing(final):
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            _write_checkpoint(tmp, step, model, optimizer, scheduler, trainer_state)
-        except BaseException:
+        if main:
+            root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        _barrier(sharded)
+        try:
+            _write_checkpoint(tmp, step, model, optimizer, scheduler, trainer_state, sharded, rank)
+        except BaseException:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    prune(root, keep_last)
+        if main:
+            if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+    if main:
+        prune(root, keep_last)
+    _barrier(sharded)
     return final
 
 
+def _rank() -> tuple[int, bool]:
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return rank, rank == 0
+
+
+def _barrier(sharded: bool) -> None:
+    if sharded:
+        torch.distributed.barrier()
+
+
+def _main_pid(sharded: bool) -> int:
+    """The main process's id, which names the temporary directory all processes write into."""
+    if not sharded:
+        return os.getpid()
+    pid = [os.getpid()]
+    torch.distributed.broadcast_object_list(pid, src=0)
+    return pid[0]
+
+
 def _write_checkpoint(tmp: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                      trainer_state: dict[str, Any]) -> None:
-    save_weights(model, tmp)
-    for name, obj in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict()),
-                      ("rng.pt", rng_state())):
-        # Through a Python file object: a full disk then surfaces as OSError(ENOSPC) in the
-        # error's context instead of only torch's "unexpected pos" message.
-        with open(tmp / name, "wb") as fh:
-            torch.save(obj, fh)
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    (tmp / COMPLETE).write_text("ok\n")
-    _fsync_dir(tmp)
+                      trainer_state: dict[str, Any], sharded: bool, rank: int) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    main = rank == 0
+    if sharded:
+        dcp.save(sharded_weights(model), checkpoint_id=str(tmp / SHARDED_WEIGHTS))
+        dcp.save(sharded_optimizer(model, optimizer), checkpoint_id=str(tmp / SHARDED_OPTIMIZER))
+        _save(rng_state(), tmp / f"rng-rank{rank}.pt" if rank else tmp / "rng.pt")
+        if main:
+            _save_config(model, tmp)
+    else:
+        save_weights(model, tmp)
+        _save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save(rng_state(), tmp / "rng.pt")
+    _barrier(sharded)  # every shard and RNG file is written before the checkpoint is completed
+    if main:
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
+        layout = {"sharded": sharded, "shards": torch.distributed.get_world_size() if sharded else 1}
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state, "layout": layout},
+                                                           indent=1))
+        (tmp / COMPLETE).write_text("ok\n")
+        _fsync_dir(tmp)
+
+
+def _save(obj: Any, path: Path) -> None:
+    # Through a Python file object: a full disk then surfaces as OSError(ENOSPC) in the
+    # error's context instead of only torch's "unexpected pos" message.
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _save_config(model: Any, out: Path) -> None:
+    """What a sharded checkpoint needs beside its shards to be exported alone: the model's
+    config (or the adapter's)."""
+    if _is_peft(model):
+        model.peft_config[model.active_adapter].save_pretrained(str(out))
+    else:
+        model.config.save_pretrained(str(out))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(out))
+
+
+# --------------------------------------------------------------------------- sharded state
+def _trainable_only(model: Any) -> bool:
+    """An adapter checkpoint holds the adapter (and modules_to_save), not the frozen base."""
+    return _is_peft(model)
+
+
+def _live_and_saved(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This process's shards under the module names (to set them) and under the names a
+    checkpoint holds (peft's adapter names for an adapter; the same names for a full model)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    live = get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=_trainable_only(model)))
+    if not _is_peft(model):
+        return live, live
+    from peft import get_peft_model_state_dict
+
+    return live, get_peft_model_state_dict(model, state_dict=live)
+
+
+def sharded_weights(model: Any) -> dict[str, Any]:
+    return _live_and_saved(model)[1]
+
+
+def sharded_optimizer(model: Any, optimizer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer)
+
+
+def load_sharded(ckpt: Path, model: Any, optimizer: Any) -> None:
+    """Each process reads its shards (re-cut when the process count changed) into the model
+    and the optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    live, saved = _live_and_saved(model)
+    dcp.load(saved, checkpoint_id=str(ckpt / SHARDED_WEIGHTS))
+    name_of = {id(tensor): name for name, tensor in live.items()}  # peft's renaming keeps the tensors
+    loaded = {name_of[id(tensor)]: tensor for tensor in saved.values()}
+    set_model_state_dict(model, loaded, options=StateDictOptions(strict=not _trainable_only(model)))
+    state = sharded_optimizer(model, optimizer)
+    dcp.load(state, checkpoint_id=str(ckpt / SHARDED_OPTIMIZER))
+    set_optimizer_state_dict(model, optimizer, state)
+
+
+def full_state_for_saving(model: Any) -> dict[str, Any] | None:
+    """The whole (unsharded) state of a sharded model, gathered to the main process's CPU
+    memory (a collective: every process calls it; the others get None). An adapter gathers
+    its trainable part only."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=_trainable_only(model))
+    state = get_model_state_dict(model, options=options)
+    return state if _rank()[1] else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -144,10 +274,26 @@ def resolve_resume(resume_from: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore everything saved by :func:`save_checkpoint`; returns the trainer state."""
-    load_weights(model, ckpt)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+def load_checkpoint(ckpt: Path, model: Any, optimizer: Any, scheduler: Any, sharded: bool = False) -> dict[str, Any]:
+    """Restore everything saved by :func:`save_checkpoint`; returns the trainer state. Sharded,
+    every process calls it and restores its own RNG state (the main process's when the run
+    now has more processes than the one that wrote it)."""
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    written = state.get("layout", {}).get("sharded", False)
+    if written != sharded:
+        from vlmtune.config import ConfigError
+
+        how = "sharded (FSDP)" if written else "unsharded"
+        raise ConfigError(f"resume_from={ckpt}: the checkpoint was written {how} and this run is "
+                          f"{'sharded' if sharded else 'unsharded'}; resume with the layout that wrote it "
+                          "(train.distributed), or start a new run from its weights (vlmtune export)")
+    if sharded:
+        load_sharded(ckpt, model, optimizer)
+    else:
+        load_weights(model, ckpt)
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    rank = _rank()[0]
+    mine = ckpt / f"rng-rank{rank}.pt"
+    set_rng_state(torch.load(mine if rank and mine.is_file() else ckpt / "rng.pt", weights_only=True))
+    return state

@@ -50,7 +50,8 @@ from vlmtune.train.advantages import (
     zero_spread_groups,
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
-from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean
+from vlmtune.train.distributed import Layout
+from vlmtune.train.losses import loss_spec, policy_loss, reduce_token_mean, sampler_mismatch
 from vlmtune.train.multiturn import GENERATION_BATCH, EpisodeCollector, check_env_recipe, initial_states
 from vlmtune.train.run import Run
 
@@ -174,6 +175,8 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
             mask, ref_logp=ref[i] if ref else None, beta=cfg.beta, kl=cfg.kl, eps_low=cfg.eps_low,
             eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, max_completion_length=cfg.max_new_tokens,
             num_tokens=total_tokens if token_mean else None)
+        if r.sampling_logp is not None:  # sampled elsewhere (a server): how far its policy is from ours
+            stats.update(sampler_mismatch(logp, r.sampling_logp.to(logp.device), mask))
         weight = 1.0 if token_mean else (hi - lo) / n_seq
         with accelerator.no_sync(model):  # ranks may hold different numbers of groups
             accelerator.backward(loss * weight)
@@ -184,11 +187,11 @@ def update(model: Any, batch: Batch, old: list[torch.Tensor] | None, ref: list[t
     return sums
 
 
-def sync_gradients(model: Any, accelerator: Accelerator) -> None:
+def sync_gradients(model: Any, accelerator: Accelerator, sharded: bool) -> None:
     """Average gradients over processes by hand: with dynamic sampling, ranks may run a
     different number of backward passes (even none), which DDP's per-backward all-reduce
-    cannot handle without hanging."""
-    if accelerator.num_processes == 1:
+    cannot handle without hanging. A sharded model's backward already reduced them."""
+    if accelerator.num_processes == 1 or sharded:
         return
     for p in model.parameters():
         if p.requires_grad:
@@ -300,7 +303,7 @@ def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recip
         if batch.rollouts:
             stats = update(model, batch, old, ref, recipe, logps, accelerator)
         if has_work:
-            sync_gradients(model, accelerator)
+            sync_gradients(model, accelerator, run.layout.sharded)
             if recipe.train.max_grad_norm:
                 stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), recipe.train.max_grad_norm))
             if run.step_ok(step, loss=stats.get("loss"), lr=scheduler.get_last_lr()[0],
@@ -360,18 +363,37 @@ def check_recipe(recipe: Recipe) -> None:
                           "grpo.prompts_per_step for a larger batch")
 
 
+def check_layout(recipe: Recipe, layout: Layout) -> None:
+    """What the recipe needs from the way processes share the model. Every forward of a
+    sharded model is a collective, so under FSDP all processes must run as many: nothing
+    may leave them with different numbers of groups or turns."""
+    if not layout.sharded:
+        return
+    if recipe.grpo.drop_zero_spread:
+        raise ConfigError("grpo.drop_zero_spread cannot run under FSDP: processes would run different numbers "
+                          "of forward passes after dropping groups; use train.distributed=ddp for dynamic sampling")
+    if recipe.env.name:
+        raise ConfigError("multi-turn GRPO (env.name) cannot run under FSDP yet: episodes of different lengths "
+                          "would leave processes with different numbers of forward passes; use "
+                          "train.distributed=ddp")
+    if recipe.generation.backend == "http":
+        raise ConfigError("generation.backend=http cannot run under FSDP yet (each weight sync would have to "
+                          "gather the sharded policy); use train.distributed=ddp with generation servers")
+
+
 def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     """Train with GRPO as the recipe says; returns the run summary (also written to the run dir)."""
     t, cfg = recipe.train, recipe.grpo
     check_recipe(recipe)
     with Run.start(recipe, show_progress, engine="grpo") as run:
+        check_layout(recipe, run.layout)
         acc = run.accelerator
         loaded = load_for_training(recipe.model, t.mode, recipe.lora, recipe.quant, recipe.freeze,
                                    t.gradient_checkpointing)
         model, processor = loaded.model, loaded.processor
         ref_model = None
         if cfg.beta > 0 and t.mode == "full":
-            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            ref_model = run.shard(copy.deepcopy(model).eval().requires_grad_(False), loaded.family)
         rewards = RewardSet(recipe.rewards, judge=recipe.judge)
         prompts, bad_rows = ([], BadRows()) if recipe.env.name else \
             load_prompts(recipe.data, show_progress and run.is_main)
@@ -381,9 +403,10 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         # the stream hands out prompt indices, or with env the indices of initial states
         n_items = initial_states(recipe.env, steps * cfg.prompts_per_step * acc.num_processes) \
             if recipe.env.name else len(prompts)
+        model = run.shard(model, loaded.family)
         optimizer = build_optimizer(model, loaded.family, t)
         scheduler = build_scheduler(optimizer, t, steps * cfg.num_iterations)
-        model, optimizer = acc.prepare(model, optimizer)
+        model, optimizer = run.prepare(model, optimizer)
         stream = BatchStream(n_items, cfg.prompts_per_step, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
         gen_cfg = recipe.generation
@@ -400,6 +423,11 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         logps = partial(rollout_logps, pad_id=pad_id, temperature=cfg.temperature,
                         position_style=loaded.family.position_style if cfg.shared_prefix else None)
         run.resume(model, optimizer, scheduler, stream)
+        # A backend that samples elsewhere (http: generation servers) gets the policy before the
+        # first step and after every update; the in-process one samples from it directly.
+        sync_weights = getattr(generator, "sync_weights", None)
+        if sync_weights is not None:
+            sync_weights(acc.unwrap_model(model), run.start_step)
 
         timer, console = PhaseTimer(), Console(stderr=True)
         last: dict[str, Any] = {}
@@ -421,6 +449,9 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                                 ref = group_logps(ref_policy, batch, logps)
                 with timer("update"):
                     stats = optimize(model, batch, old, ref, recipe, logps, run, optimizer, scheduler, step)
+                if sync_weights is not None:
+                    with timer("sync"):
+                        sync_weights(acc.unwrap_model(model), step)
                 count_tokens(run.meter, batch, cfg)
                 metrics = {**rewards.pop_metrics(), **step_metrics(batch, rewards.names, g, *gather_rewards(batch, acc)),
                            **batch.metrics, **stats,

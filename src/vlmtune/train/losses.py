@@ -199,6 +199,19 @@ def _stats(ratio: Tensor, mask: Tensor, flags: dict[str, Tensor], kl: Tensor | N
     return stats
 
 
+def sampler_mismatch(logp: Tensor, sampling_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """How far the trainer's policy is from the one that sampled the tokens (a generation
+    server's), on the sampled tokens: the mean over valid tokens of the importance ratio
+    ``exp(logp - sampling_logp)`` and of ``|logp - sampling_logp|``. 1 and 0 when the two
+    agree (the weights were synced and both compute alike); never part of the loss, whose
+    log-probs the trainer computes itself."""
+    mask = mask.bool()
+    diff = _zero_pad(logp.detach().float() - sampling_logp.float(), mask)
+    n = mask.sum().clamp(min=1)
+    return {"sampling/ratio_mean": _masked_sum(diff.exp(), mask) / n,
+            "sampling/abs_logp_diff": _masked_sum(diff.abs(), mask) / n}
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

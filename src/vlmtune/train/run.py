@@ -5,7 +5,11 @@ cleanup) but copy it into every recipe; here it is written once and the engines 
 (composition: a :class:`Run` is an object the loop uses, not a base class it extends)::
 
     with Run.start(recipe) as run:                       # accelerator, seed, run dir, config.yaml
-        ...load the model, data, optimizer, scheduler, batch stream...
+        ...load the model and data...
+        model = run.shard(model, family)                 # FSDP: this process's shard (else as is)
+        ...optimizer, scheduler...
+        model, optimizer = run.prepare(model, optimizer) # DDP wrapper, device placement
+        ...batch stream...
         run.resume(model, optimizer, scheduler, stream)  # checkpoint restored; metrics, compute
         for step in range(run.start_step + 1, steps + 1):
             ...forward, backward...
@@ -40,6 +44,7 @@ from vlmtune.tracking import ComputeMeter, MetricsLogger, json_safe
 from vlmtune.trackers import accelerate_trackers, flat_config, init_kwargs, scalars
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.card import model_card
+from vlmtune.train.distributed import check_mode, layout, several_processes_without_accelerator, shard
 
 # Everything a run writes into output.dir; output.overwrite=true removes exactly these.
 ENV_ERRORS_FILE = "env_errors.jsonl"  # multi-turn GRPO: episodes whose environment raised
@@ -59,12 +64,14 @@ def make_accelerator(precision: str, log_with: list[str] | None = None, project_
     """An Accelerator for one run. accelerate keeps its state in a process-wide singleton;
     it is reset first so runs with different precisions can follow each other in one
     process (the demo, tests, notebooks). The distributed process group is kept.
-    ``log_with`` names accelerate trackers (:mod:`vlmtune.trackers`)."""
+    ``log_with`` names accelerate trackers (:mod:`vlmtune.trackers`). Several processes on a
+    machine without GPUs run on the CPU with gloo, whatever the launcher's config says."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", log_with=log_with or None,
+                       cpu=several_processes_without_accelerator(),
                        project_dir=str(project_dir) if project_dir is not None else None)
 
 
@@ -133,6 +140,8 @@ class Run:
     def __init__(self, recipe: Recipe, run_dir: Path, accelerator: Any, show_progress: bool = True,
                  engine: str = "sft"):
         self.recipe, self.dir, self.accelerator, self.engine = recipe, run_dir, accelerator, engine
+        self.layout = layout(recipe.train.distributed, accelerator)
+        check_mode(recipe.train.mode, self.layout)
         self.show_progress = show_progress  # without the bar, each logged step prints a line
         self.start_step = 0
         self.nonfinite_skipped = 0
@@ -170,6 +179,21 @@ class Run:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def shard(self, model: Any, family: Any) -> Any:
+        """Under FSDP, ``model`` cut into one shard per process (in place; build the optimizer
+        after this, over the sharded parameters); otherwise ``model`` as it is."""
+        if not self.layout.sharded:
+            return model
+        return shard(model, family, self.accelerator.device, self.recipe.train.precision)
+
+    def prepare(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
+        """accelerate's device placement, DDP wrapper and mixed precision; a sharded model is
+        already placed and must not be wrapped again (accelerate would put DDP around it on a
+        CPU, or shard it a second way under an FSDP config)."""
+        if self.layout.sharded:
+            return model, optimizer
+        return self.accelerator.prepare(model, optimizer)
+
     def __enter__(self) -> Run:
         return self
 
@@ -194,7 +218,7 @@ class Run:
         state: dict[str, Any] = {}
         found = ckpt.resolve_resume(self.recipe.resume_from, self.dir)
         if found is not None:
-            state = ckpt.load_checkpoint(found, inner, optimizer, scheduler)
+            state = ckpt.load_checkpoint(found, inner, optimizer, scheduler, sharded=self.layout.sharded)
             stream.epoch, stream.cursor = state["data"]["epoch"], state["data"]["cursor"]
         self.start_step = state.get("step", 0)
         self.nonfinite_skipped = state.get("nonfinite_skipped", 0)
@@ -247,15 +271,16 @@ class Run:
             self.save(step, **extra)
 
     def save(self, step: int, **extra: Any) -> None:
-        """Checkpoint from the main process once every process has reached the same step;
-        the compute totals so far go with it so a resumed run keeps counting."""
+        """Checkpoint once every process has reached the same step: from the main process, or
+        under FSDP from every process (each writes its shard); the compute totals so far go
+        with it so a resumed run keeps counting."""
         model, optimizer, scheduler, stream = self._trainables
         compute = self.compute()
         self.accelerator.wait_for_everyone()
-        if self.is_main:
+        if self.is_main or self.layout.sharded:
             state = {"data": stream.state(), "compute": compute, "nonfinite_skipped": self.nonfinite_skipped, **extra}
             ckpt.save_checkpoint(self.dir, step, self.accelerator.unwrap_model(model), optimizer, scheduler,
-                                 state, self.recipe.train.keep_last)
+                                 state, self.recipe.train.keep_last, sharded=self.layout.sharded)
 
     def compute(self) -> dict[str, Any]:
         """The run's compute totals over all processes (a collective: every process calls it)."""
@@ -268,13 +293,17 @@ class Run:
         the skipped rows,
         ``run_summary.json``; waits for every process. Returns the summary on every process."""
         self.save(steps, **extra)
-        summary = {**summary, "compute": self.compute(), "skipped_rows": bad_rows.counts()}
+        summary = {**summary, "compute": self.compute(), "skipped_rows": bad_rows.counts(),
+                   "distributed": self.layout.summary()}
         if self.recipe.train.on_nonfinite == "skip":
             summary["nonfinite_skipped"] = self.nonfinite_skipped
+        model = self.accelerator.unwrap_model(self._trainables[0])
+        # a sharded model is gathered to the main process first (every process takes part)
+        gathered = {"state_dict": ckpt.full_state_for_saving(model)} if self.layout.sharded else {}
         if self.is_main:
             final = self.dir / "final"
             with writing(final):
-                self.accelerator.unwrap_model(self._trainables[0]).save_pretrained(str(final), safe_serialization=True)
+                model.save_pretrained(str(final), safe_serialization=True, **gathered)
                 processor.save_pretrained(str(final))
                 (final / "README.md").write_text(model_card(self.recipe, summary, self.engine), encoding="utf-8")
             with writing(self.dir / "skipped_rows.jsonl"):

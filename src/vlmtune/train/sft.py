@@ -6,9 +6,9 @@ micro-batches, backward each with its share of the step's loss tokens, clip, ste
 checkpoint -> save ``final/`` and ``run_summary.json``. The lifecycle around the loop
 (run dir, resume, checkpoints, final save) is :class:`vlmtune.train.run.Run`.
 
-The loss of a step is the mean over *all* label tokens of its micro-batches (not a mean
-of per-micro-batch means), so gradient accumulation gives the same gradient as one big
-batch.
+The loss of a step is the mean over *all* label tokens of its micro-batches, on every
+process (not a mean of per-micro-batch or per-process means), so gradient accumulation and
+data parallelism (DDP or FSDP) give the same gradient as one process taking the whole batch.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def summed_token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
                            ignore_index=IGNORE, reduction="sum")
 
 
-def micro_loss(model: torch.nn.Module, batch: dict[str, Any], step_tokens: int) -> torch.Tensor:
-    """This micro-batch's summed token loss divided by the whole step's token count."""
+def micro_loss(model: torch.nn.Module, batch: dict[str, Any], step_tokens: float) -> torch.Tensor:
+    """This micro-batch's summed token loss divided by the whole step's token count (per
+    process, when processes average their gradients)."""
     return summed_token_loss(model, batch) / step_tokens
 
 
@@ -88,9 +89,10 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         train_ds, eval_ds, bad_rows = load_datasets(recipe.data, processor, t.max_length, t.seed,
                                                     show_progress and run.is_main, family=loaded.family)
         steps = total_steps(t, len(train_ds), acc.num_processes)
+        model = run.shard(model, loaded.family)
         optimizer = build_optimizer(model, loaded.family, t)
         scheduler = build_scheduler(optimizer, t, steps)
-        model, optimizer = acc.prepare(model, optimizer)
+        model, optimizer = run.prepare(model, optimizer)
         stream = BatchStream(len(train_ds), t.batch_size, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
         loss_value = run.resume(model, optimizer, scheduler, stream).get("train_loss_last", float("nan"))
@@ -110,12 +112,17 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                 micro = [collate([train_ds[i] for i in stream.next()], pad_id, loaded.family.token_keys)
                          for _ in range(t.grad_accum)]
                 micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
-                step_tokens = sum(label_tokens(b) for b in micro)
+                local_tokens = sum(label_tokens(b) for b in micro)
+                step_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum"))
+                # DDP and FSDP average gradients over processes; dividing by the step's tokens
+                # per process makes that average the token mean over every process's batches.
+                tokens_per_process = step_tokens / acc.num_processes
                 loss_sum = 0.0
                 for i, batch in enumerate(micro):
-                    # Under DDP, gradients are all-reduced once, after the last micro-batch.
+                    # Under DDP, gradients are all-reduced once, after the last micro-batch (FSDP
+                    # reduces each micro-batch's into the shards as it goes).
                     with acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext():
-                        loss = micro_loss(model, batch, step_tokens)
+                        loss = micro_loss(model, batch, tokens_per_process)
                         acc.backward(loss)
                     loss_sum += loss.item()
                 loss_value = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "mean"))
@@ -130,7 +137,7 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                 seconds = time.perf_counter() - tick
                 seen = sum((batch_units(b, run.meter.flops) for b in micro), Units())
                 run.meter.add_train(seen)
-                run.meter.add_data(prompt=seen.tokens - step_tokens, completion=step_tokens)
+                run.meter.add_data(prompt=seen.tokens - local_tokens, completion=local_tokens)
                 metrics = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "step_seconds": seconds,
                            "tokens_per_s": seen.tokens / seconds, "loss_tokens": step_tokens, "epoch": stream.epoch}
                 if eval_ds is not None and (step == steps or (recipe.eval.every and step % recipe.eval.every == 0)):
