@@ -56,6 +56,7 @@ class SokobanDemoSettings:
     dim_room: int = 6  # walls included: a 4x4 floor area at most
     cell_size: int = 28
     max_turns: int = 10
+    expert_think: str = "none"  # what the expert's answers reason before the action: none, state or plan
     # expert data, perception warm-up, SFT
     expert_episodes: int = 256
     warmup_steps: int = 100
@@ -79,10 +80,10 @@ class SokobanDemoSettings:
     eval_batch: int = 64
 
     def env_kwargs(self) -> dict[str, Any]:
-        """The environment as every stage plays it: the brief prompt, the expert's answers
-        without reasoning (short sequences: most of a tiny model's compute is the prompt)."""
+        """The environment as every stage plays it: the brief prompt (short sequences: most
+        of a tiny model's compute is the prompt) and the expert's answers as ``expert_think`` says."""
         return {"dim_room": [self.dim_room, self.dim_room], "cell_size": self.cell_size,
-                "max_steps": self.max_turns, "expert_think": "none", "prompt_style": "brief"}
+                "max_steps": self.max_turns, "expert_think": self.expert_think, "prompt_style": "brief"}
 
 
 FULL = SokobanDemoSettings()
