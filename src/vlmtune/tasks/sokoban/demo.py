@@ -9,9 +9,10 @@ episode-level GRPO -> eval (the GiGPO paper's comparison). Every eval plays the 
 held-out initial states, greedily (``rollout`` with group size 1).
 
 Why this shape: at tiny scale RL moves decisions the model can already perceive; it does
-not build perception. The warm-up and SFT teach the model to read the board and the
-answer format; SFT is kept short so the policy still walks into walls and loops, which is
-what RL — and GiGPO's step-level credit for the states it revisits — has left to fix.
+not build perception. The warm-up and SFT are meant to teach the model to read the board and
+the answer format, with SFT kept short so RL has decisions left to fix. Measured so far
+(docs/agents.md): SFT learns the format but not the board at these settings, so the targets
+(SFT >= baseline + 20 points, GiGPO >= SFT + 10) are not met yet.
 
 ``summary.json`` (public contract)::
 
