@@ -16,7 +16,7 @@ from vlmtune.batching.render import IGNORE, render
 from vlmtune.config import load_recipe
 from vlmtune.data.sample import Sample
 from vlmtune.models.families import get_family, list_families
-from vlmtune.models.packing import packed_position_ids, text_positions
+from vlmtune.models.packing import PACKED_SDPA, packed_position_ids, segment_bounds, text_positions, use_packed_attention
 from vlmtune.train.sft import label_tokens, model_batches, packing_off_reason, summed_token_loss
 
 pytestmark = pytest.mark.timeout(300)
@@ -52,6 +52,14 @@ def test_pack_lays_samples_end_to_end_and_clears_each_first_label():
 
 def test_text_positions_restart_per_sample():
     assert text_positions([3, 1, 2]).tolist() == [[0, 1, 2, 0, 0, 1]]
+
+
+def test_segment_bounds_read_the_restarts():
+    assert segment_bounds(text_positions([3, 1, 2]), 6) == [0, 3, 4, 6]
+    assert segment_bounds(torch.tensor([[4, 5, 6, 0, 1]]), 5) == [0, 3, 5]  # any break, as transformers reads it
+    assert segment_bounds(torch.arange(5).unsqueeze(0), 5) is None  # one sample: plain SDPA
+    assert segment_bounds(text_positions([2, 2]).expand(2, -1), 4) is None  # a batch of rows, not one packed row
+    assert segment_bounds(None, 4) is None
 
 
 def _samples() -> list[Sample]:
@@ -99,7 +107,10 @@ def test_packed_rows_give_the_padded_loss_and_gradients(family, tiny_model_dir):
     two_rows = model_batches(items, model, fam, pad, torch.device("cpu"), packing=True,
                              max_tokens=max(n[0] + n[1], n[2] + n[3]))
     assert [row["input_ids"].shape[1] for row in two_rows] == [n[0] + n[1], n[2] + n[3]]
-    for batches in (one_row, two_rows):
+    runs = [(one_row, "sdpa"), (two_rows, "sdpa"), (one_row, PACKED_SDPA)]
+    for batches, attention in runs:
+        if attention == PACKED_SDPA:
+            assert use_packed_attention(model) and model.config.get_text_config()._attn_implementation == attention
         loss, tokens, grads = _loss_and_grads(model, batches)
         assert tokens == padded[1]  # the same label tokens
         torch.testing.assert_close(loss, padded[0], rtol=1e-5, atol=1e-5)
@@ -126,6 +137,10 @@ def test_a_packed_sample_never_sees_another(family, tiny_model_dir):
             out = model(**{k: v for k, v in row.items() if k != "labels"}, use_cache=False).logits[0]
         return out.split([s["input_ids"].shape[1] for s in samples])
 
+    before, after = logits(items[:3]), logits([items[0], changed, items[2]])
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(after[2], before[2], rtol=0, atol=1e-5)
+    use_packed_attention(model)  # the same with SDPA run sample by sample
     before, after = logits(items[:3]), logits([items[0], changed, items[2]])
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(after[2], before[2], rtol=0, atol=1e-5)
@@ -187,6 +202,7 @@ def test_sft_packs_by_default_with_the_padded_runs_losses(family, tiny_model_dir
         assert packed["packing"] is False and "gemma3" in packed["packing_off"]
     else:
         assert packed["packing"] is True
+        assert PACKED_SDPA not in (tmp_path / "packed" / "final" / "config.json").read_text()  # plain transformers loads it
         split, split_losses = _sft(model, data, tmp_path / "split", "train.max_tokens_per_batch=64")
         torch.testing.assert_close(split_losses, packed_losses, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-4, atol=1e-5)

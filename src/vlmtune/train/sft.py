@@ -12,8 +12,8 @@ data parallelism (DDP or FSDP) give the same gradient as one process taking the 
 
 Packing (``train.packing``, on by default): a micro-batch's samples run end to end in one
 row without padding (:mod:`vlmtune.batching.packing`), each attending only itself, with its
-own positions (:mod:`vlmtune.models.packing`); the loss and its gradients are those of the
-padded batch. ``train.max_tokens_per_batch`` splits a micro-batch into several such rows.
+own positions (:mod:`vlmtune.models.packing`, which also runs SDPA sample by sample); the
+loss and its gradients are those of the padded batch. ``train.max_tokens_per_batch`` splits a micro-batch into several such rows.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from vlmtune.config import ConfigError, Recipe
 from vlmtune.flops import ModelFlops, Units, batch_units
 from vlmtune.models.families import Family
 from vlmtune.models.loading import load_for_training, pad_token_id
-from vlmtune.models.packing import packed_position_ids
+from vlmtune.models.packing import packed_position_ids, use_packed_attention
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar, total_steps
 from vlmtune.train.run import Run
 
@@ -131,6 +131,8 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         if packing and t.max_tokens_per_batch and run.layout.sharded and acc.num_processes > 1:
             raise ConfigError("train.max_tokens_per_batch under FSDP across processes: processes would run "
                               "different numbers of forwards per step (each one a collective); leave it unset")
+        if packing:
+            use_packed_attention(model)  # SDPA sample by sample instead of across the whole masked row
 
         def batches(items: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
             return model_batches(items, model, loaded.family, pad_id, acc.device, packing, t.max_tokens_per_batch)
