@@ -41,16 +41,15 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from child import clock_vlmtune_steps, run_child, since_start
 
 HERE = Path(__file__).resolve()
 STEPS, BATCH, LR, N_SAMPLES = 12, 8, 1e-4, 96
@@ -129,29 +128,15 @@ def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
 def run_side(side: str, work: Path, index: int) -> dict:
     """One tool in a fresh process: its result file plus the peak RSS the kernel reports."""
     result = work / f"result-{side}-{index}.json"
-    result.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, str(HERE), "--side", side, "--work", str(work), "--result", str(result)])
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0 or not result.is_file():
-        raise SystemExit(f"the {side} run failed (status {status})")
-    return {**json.loads(result.read_text()), "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+    return run_child([str(HERE), "--side", side, "--work", str(work), "--result", str(result)], result)
 
 
 # --------------------------------------------------------------------------- the two sides (children)
 def side_vlmtune(work: Path) -> dict:
     from vlmtune.config import load_recipe
-    from vlmtune.train.run import Run
     from vlmtune.train.sft import run_sft
 
-    logged: dict[int, float] = {}  # step -> seconds since the process started, when it was logged
-    log = Run.log
-
-    def clocked_log(self, step, metrics):
-        logged.setdefault(step, _since_start())
-        return log(self, step, metrics)
-
-    Run.log = clocked_log
-
+    logged = clock_vlmtune_steps()
     run_dir = work / "run-vlmtune"
     recipe = load_recipe(None, [
         f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'train.jsonl'}", f"output.dir={run_dir}",
@@ -163,7 +148,7 @@ def side_vlmtune(work: Path) -> dict:
     compute = summary["compute"]
     return {"train_seconds": sum(r["step_seconds"] for r in rows), "tokens": compute["train_tokens"],
             "first_step_end": logged[1],
-            "losses": [r["loss"] for r in rows], "train_flops": compute["flops"]["train"]["total"],
+            "losses": [r["loss"] for r in rows], "train_flops": compute["flops_estimate"],
             "trainable": summary["trainable_params"], "packing": summary["packing"]}
 
 
@@ -182,7 +167,7 @@ def side_trl(work: Path) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
             if len(self.stamps) == 2:
-                self.first_step_end = _since_start()
+                self.first_step_end = since_start()
 
     rows = [json.loads(x) for x in (work / "data" / "train.jsonl").read_text().splitlines()]
     data = Dataset.from_dict({"messages": [r["messages"] for r in rows], "images": [r["images"] for r in rows]})
@@ -201,13 +186,6 @@ def side_trl(work: Path) -> dict:
     return {"train_seconds": clock.stamps[-1] - clock.stamps[0], "tokens": int(logs[-1]["num_tokens"]),
             "first_step_end": clock.first_step_end, "losses": [r["loss"] for r in logs],
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
-def _since_start() -> float:
-    """Seconds since this process started (its interpreter start, read from the kernel)."""
-    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return uptime - ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- report
