@@ -1,101 +1,159 @@
-"""SFT training speed: vlmtune's engine against TRL's ``SFTTrainer`` on the same tiny model
-and data. Prints the seconds per optimizer step of each side and their ratio (TRL / vlmtune).
+"""SFT side by side with TRL's ``SFTTrainer``: processed tokens/s, s/step and peak memory of
+each tool, each in a process of its own, on a real-shaped small Qwen2-VL and mixed-length data.
 
-    HF_HUB_OFFLINE=1 python benchmarks/sft_vs_trl.py [--steps 30] [--batch 64] [--n 2000] [--threads N]
+    HF_HUB_OFFLINE=1 python benchmarks/sft_vs_trl.py [--pairs 1] [--out DIR]
 
-Shared setup: the demo's tiny Qwen2-VL (``build_demo_model``, float32, random init from the
-demo's seed), full fine-tuning of everything (vision tower and projector included), AdamW
-at a constant lr of 1e-3 (no warm-up, no weight decay, gradients clipped to norm 1), batch
-``--batch`` with no accumulation, ``max_length`` 1024, ``--steps`` steps, the same
-``--n`` clarify rows (168 px images), loss on the assistant turns only, the same number of
-torch threads. Both sides run in this one process, vlmtune first, each with its own copy
-of the model loaded from the same folder.
+Setup (issue 17), built offline here from the tiny-model factory's tokenizer and processor:
+a Qwen2-VL with text hidden 512, 6 layers, 8 heads / 4 KV heads, intermediate 1536, vocab
+1,024, mRoPE sections [8, 12, 12]; vision depth 4, width 256, 4 heads, patch 14, merge 2
+(random weights, seed 0); image processor min/max pixels 56²/224² (written into the model
+folder, so both tools read the same). 96 training samples with 1-3 images each, squares of
+112 to 224 px, and answers of 4 to 120 words (uniform, seeded): a mixed-length distribution,
+where padding costs what it costs on real data. Batch 8, 12 steps (one epoch), AdamW at a
+constant lr of 1e-4, gradients clipped to norm 1, float32, full fine-tuning with the vision
+tower and projector trainable. Everything else is each tool's default (vlmtune: padding-free
+packing; TRL: padded batches), except that TRL is held to the setup where its defaults
+differ: bf16 off, activation checkpointing off, loss on the assistant turns only.
 
-What is timed: the mean seconds of steps 4 to the last (the first 3 are warm-up). Each
-step includes reading the images from disk, the image processor, collation, forward,
-backward, clipping and the optimizer step; neither side's model loading, vlmtune's
-render-check pre-pass nor TRL's dataset set-up is included.
-- vlmtune: ``step_seconds`` of each step in the run's ``metrics.jsonl`` (``train.log_every=1``),
-  from the start of building the step's batch to the end of the optimizer step.
-- TRL: the wall time between consecutive ``on_step_end`` callbacks (step 1 from
-  ``on_train_begin``), so it also counts TRL's per-step logging, a few milliseconds.
+Each tool runs in a fresh process (``--side``), started by this script, which reads the
+child's peak resident memory from the operating system (``wait4``) and its timings from a
+JSON file the child writes. ``--pairs N`` runs vlmtune and TRL N times in turn (A B A B ...)
+and reports each figure's median.
 
-A third row runs vlmtune with ``model.linear_patch_embed=false`` (the vision patch embedding
-as the family's Conv3d, as transformers runs it), to show that switch's share.
+- tokens/s: the real (non-padding) tokens of the epoch, as each tool tokenizes them, over the
+  seconds of the 12 steps (reading images, image processor, collation, forward, backward,
+  clipping, optimizer step; the first step included). vlmtune: the sum of ``step_seconds``;
+  TRL: ``on_train_begin`` to the last ``on_step_end``.
+- time to first step: from the process start to the end of the first optimizer step (model
+  loading, data checks and tokenization, and the step itself).
+- peak RSS: the child process's largest resident set size.
+- FLOP/s share: vlmtune's training FLOPs (its compute report, per part of the model) per
+  second of its steps, against this machine's dense float32 matmul rate, measured in this
+  run (a 2048² x 2048² ``torch.mm``, same thread count).
 
-TRL is set against its own SFT defaults where they differ from the setup above: bf16 off
-(TRL turns it on), activation checkpointing off (TRL turns it on). Differences that remain,
-each engine's own: the data order (each shuffles with its own seeded sampler), vlmtune's
-loader defaults (e.g. ``model.linear_patch_embed``) against TRL's fused LM head (log-probs
-of the label positions only, plus entropy and token accuracy for its logs) and its default
-optimizer (``adamw_torch_fused``; vlmtune uses ``torch.optim.AdamW``). Loss masking: TRL 1.16
-masks to the assistant turns for VLM data (``assistant_only_loss=True``, transformers >=
-5.18) by swapping in its Qwen2-VL training template with ``{% generation %}`` markers; that
-mask also counts the newline after ``<|im_end|>``, which vlmtune leaves out, so TRL has one
-more (easy) loss token per sample and the two losses are close, not equal.
-
-Timings depend on the machine and on whatever else runs on it. On a busy machine torch's
-thread pool can stall for whole runs (seen here: the same run 10x slower with 2 threads on
-2 shared cores); the min-max column shows it, and ``--threads 1`` is steadier.
+The ratios are printed last. A busy machine moves every figure: quote the load average
+printed with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
-from vlmtune.config import load_recipe
-from vlmtune.tasks.clarify.data import make_clarify_dataset
-from vlmtune.data.readers import read_samples
-from vlmtune.demos import PREPASS_PROCS, build_demo_model
-from vlmtune.tasks.clarify.demo import DemoSettings
-from vlmtune.train.sft import run_sft
+from child import clock_vlmtune_steps, run_child, since_start
 
-WARMUP = 3  # steps left out of the timing
-
-
-def timing(step_seconds: list[float]) -> dict:
-    """The seconds of each step after the warm-up, and their mean."""
-    steps = step_seconds[WARMUP:]
-    return {"steps_s": steps, "s_per_step": sum(steps) / len(steps)}
+HERE = Path(__file__).resolve()
+STEPS, BATCH, LR, N_SAMPLES = 12, 8, 1e-4, 96
+TEXT = dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+            intermediate_size=1536)
+MROPE = [8, 12, 12]
+VISION = dict(depth=4, embed_dim=256, num_heads=4, patch_size=14, spatial_merge_size=2)
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224
 
 
-def run_vlmtune(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Namespace,
-                *overrides: str) -> dict:
+# --------------------------------------------------------------------------- set-up (parent)
+def build_model(out: Path, seed: int = 0) -> Path:
+    """The tiny factory's Qwen2-VL folder (tokenizer, chat template, processor), reshaped to
+    the benchmark's sizes and re-initialised with ``seed``."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vlmtune.models.tiny import make_tiny
+
+    make_tiny("qwen2_vl", out, seed=seed)
+    cfg = json.loads((out / "config.json").read_text())
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    text.update(TEXT, layer_types=["full_attention"] * TEXT["num_hidden_layers"])
+    text["rope_parameters"]["mrope_section"] = MROPE
+    vision.update(VISION, hidden_size=TEXT["hidden_size"])  # the merger's output width = the text width
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    proc = json.loads((out / "processor_config.json").read_text())
+    for key in ("image_processor", "video_processor"):
+        proc[key]["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    (out / "processor_config.json").write_text(json.dumps(proc, indent=2))
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
+    for f in out.glob("model*.safetensors*"):
+        f.unlink()
+    model.save_pretrained(out)
+    return out
+
+
+def build_data(out: Path, n: int = N_SAMPLES, seed: int = 0) -> Path:
+    """``n`` canonical samples: 1-3 images (squares of 112-224 px, a shape drawn on each), a
+    question, an answer of 4-120 words from the tiny tokenizer's vocabulary."""
+    from vlmtune.data.builtin import COLOURS, SHAPES, draw_shape
+    from vlmtune.models.tiny import build_corpus
+
+    rng = random.Random(seed)
+    words = sorted({w for line in build_corpus() for w in line.split() if w.isalpha()})
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        images = []
+        for j in range(rng.randint(1, 3)):
+            path = out / "images" / f"{i:03d}-{j}.png"
+            draw_shape(rng, rng.choice(SHAPES), COLOURS[rng.choice(list(COLOURS))], rng.randint(112, 224)).save(path)
+            images.append(str(path))
+        answer = " ".join(rng.choice(words) for _ in range(rng.randint(4, 120))) + "."
+        rows.append({"messages": [
+            {"role": "user", "content": [*({"type": "image"} for _ in images),
+                                         {"type": "text", "text": "Describe the pictures."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]}], "images": images})
+    path = out / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
+    """This machine's dense float32 matmul rate (FLOP/s), best of repeated ``torch.mm``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        tick = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - tick))
+    return best
+
+
+def run_side(side: str, work: Path, index: int) -> dict:
+    """One tool in a fresh process: its result file plus the peak RSS the kernel reports."""
+    result = work / f"result-{side}-{index}.json"
+    return run_child([str(HERE), "--side", side, "--work", str(work), "--result", str(result)], result)
+
+
+# --------------------------------------------------------------------------- the two sides (children)
+def side_vlmtune(work: Path) -> dict:
+    from vlmtune.config import load_recipe
+    from vlmtune.train.sft import run_sft
+
+    logged = clock_vlmtune_steps()
+    run_dir = work / "run-vlmtune"
     recipe = load_recipe(None, [
-        f"model.path={model_dir}", f"data.train_path={train_path}", f"output.dir={run_dir}", "train.mode=full",
-        "output.overwrite=true",  # a re-run with the same --out replaces the run
-        "freeze.vision=false", "freeze.projector=false", "freeze.language=false", "train.seed=0",
-        f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
-        "train.scheduler=constant", "train.warmup_steps=0", "train.weight_decay=0.0", "train.max_grad_norm=1.0",
-        "train.max_length=1024", "train.log_every=1", f"data.num_proc={PREPASS_PROCS}", *overrides])
+        f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'train.jsonl'}", f"output.dir={run_dir}",
+        "output.overwrite=true", "output.report_to=[]", "train.mode=full", "freeze.vision=false",
+        "freeze.projector=false", "freeze.language=false", f"train.max_steps={STEPS}", f"train.batch_size={BATCH}",
+        f"train.lr={LR}", "train.scheduler=constant", "train.max_grad_norm=1.0", "train.log_every=1"])
     summary = run_sft(recipe, show_progress=False)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {**timing([r["step_seconds"] for r in rows]), "losses": [r["loss"] for r in rows],
-            "trainable": summary["trainable_params"],
-            "threads": torch.get_num_threads()}
+    compute = summary["compute"]
+    return {"train_seconds": sum(r["step_seconds"] for r in rows), "tokens": compute["train_tokens"],
+            "first_step_end": logged[1],
+            "losses": [r["loss"] for r in rows], "train_flops": compute["flops_estimate"],
+            "trainable": summary["trainable_params"], "packing": summary["packing"]}
 
 
-def trl_dataset(train_path: Path):
-    """The canonical rows as TRL takes VLM data: ``messages`` plus an ``images`` column that
-    decodes each row's PNG files to PIL images when the row is read (as vlmtune does)."""
+def side_trl(work: Path) -> dict:
     from datasets import Dataset, Image, List
-
-    samples, _ = read_samples(train_path)
-    ds = Dataset.from_dict({"messages": [s.messages for s in samples],
-                            "images": [[str(p) for p in s.images] for s in samples]})
-    return ds.cast_column("images", List(Image()))
-
-
-def run_trl(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Namespace) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -108,76 +166,85 @@ def run_trl(model_dir: Path, train_path: Path, run_dir: Path, args: argparse.Nam
 
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
+            if len(self.stamps) == 2:
+                self.first_step_end = since_start()
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    rows = [json.loads(x) for x in (work / "data" / "train.jsonl").read_text().splitlines()]
+    data = Dataset.from_dict({"messages": [r["messages"] for r in rows], "images": [r["images"] for r in rows]})
+    data = data.cast_column("images", List(Image()))  # decoded when a row is read, as vlmtune does
+    model = AutoModelForImageTextToText.from_pretrained(work / "model", dtype=torch.float32)
     config = SFTConfig(
-        output_dir=str(run_dir), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=1.0, max_length=1024, assistant_only_loss=True,
-        activation_checkpointing=False, bf16=False, logging_steps=1, report_to=[], save_strategy="no",
-        dataloader_num_workers=0, dataloader_pin_memory=False, seed=0, disable_tqdm=True)
+        output_dir=str(work / "run-trl"), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR,
+        lr_scheduler_type="constant", max_grad_norm=1.0, assistant_only_loss=True, activation_checkpointing=False,
+        bf16=False, logging_steps=1, report_to=[], save_strategy="no", seed=0, disable_tqdm=True)
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=trl_dataset(train_path),
-                         processing_class=AutoProcessor.from_pretrained(model_dir), callbacks=[clock])
-    trainer.remove_callback(PrinterCallback)  # no per-step printing (vlmtune runs without its bar)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data,
+                         processing_class=AutoProcessor.from_pretrained(work / "model"), callbacks=[clock])
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
-    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    step_seconds = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
-    return {**timing(step_seconds), "losses": losses, "trainable": trainable,
-            "threads": torch.get_num_threads(), "optim": str(config.optim.value)}
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    return {"train_seconds": clock.stamps[-1] - clock.stamps[0], "tokens": int(logs[-1]["num_tokens"]),
+            "first_step_end": clock.first_step_end, "losses": [r["loss"] for r in logs],
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def table(results: dict[str, dict], args: argparse.Namespace) -> Table:
-    t = Table(title=f"SFT, tiny Qwen2-VL: {args.steps} steps x {args.batch} samples, {args.threads} threads "
-                    f"(timed: steps {WARMUP + 1}-{args.steps})",
-              caption="TRL = trl.SFTTrainer; min-max: of one step; loss last 5: their mean; "
-                      + ", ".join(f"{name} trains {r['trainable']:,} params" for name, r in results.items()))
-    for col in ("engine", "s/step", "min-max", "samples/s", "loss last", "loss last 5"):
-        t.add_column(col, justify="left" if col == "engine" else "right")
-    for name, r in results.items():
-        t.add_row(name, f"{r['s_per_step']:.3f}", f"{min(r['steps_s']):.2f}-{max(r['steps_s']):.2f}",
-                  f"{args.batch / r['s_per_step']:.1f}", f"{r['losses'][-1]:.4f}",
-                  f"{sum(r['losses'][-5:]) / len(r['losses'][-5:]):.4f}")
-    return t
+# --------------------------------------------------------------------------- report
+def fmt_rate(x: float) -> str:
+    return f"{x / 1e9:.2f} GFLOP/s"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--n", type=int, default=2000, help="clarify training rows")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
-    ap.add_argument("--out", type=Path, default=None, help="keep data, model and runs here (default: temp dir)")
+    ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
+    ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
+    ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.steps <= WARMUP:
-        ap.error(f"--steps must be more than the {WARMUP} warm-up steps")
-    torch.set_num_threads(args.threads)
-    out = args.out or Path(tempfile.mkdtemp(prefix="sft-vs-trl-"))
+    if args.side:  # a child: one tool, one result file
+        result = (side_vlmtune if args.side == "vlmtune" else side_trl)(args.work)
+        args.result.write_text(json.dumps({**result, "threads": torch.get_num_threads()}))
+        return
+
+    work = args.out or Path(tempfile.mkdtemp(prefix="sft-vs-trl-"))
     try:
-        s = DemoSettings()
-        data = make_clarify_dataset(out / "data", n=args.n, seed=s.seed, eval_n=0, image_size=s.image_size)
-        model_dir = build_demo_model(out / "model", s)
-        results = {"vlmtune": run_vlmtune(model_dir, data["train"], out / "vlmtune", args),
-                   "vlmtune, conv patch embed": run_vlmtune(model_dir, data["train"], out / "vlmtune-conv", args,
-                                                            "model.linear_patch_embed=false"),
-                   "TRL": run_trl(model_dir, data["train"], out / "trl", args)}
+        build_model(work / "model")
+        build_data(work / "data")
+        peak_flops = matmul_flops()
+        runs: dict[str, list[dict]] = {"vlmtune": [], "trl": []}
+        for i in range(args.pairs):
+            for side in runs:
+                runs[side].append(run_side(side, work, i))
     finally:
         if args.out is None:
-            shutil.rmtree(out, ignore_errors=True)
-    v, c, t = results["vlmtune"], results["vlmtune, conv patch embed"], results["TRL"]
-    console = Console()
-    console.print(table(results, args))
-    console.print(f"TRL s/step / vlmtune s/step = {t['s_per_step'] / v['s_per_step']:.2f}; TRL loss mask: "
-                  f"assistant_only_loss=True (includes the newline after <|im_end|>); TRL optimizer {t['optim']}")
-    print(json.dumps({"vlmtune_s_per_step": round(v["s_per_step"], 4), "trl_s_per_step": round(t["s_per_step"], 4),
-                      "ratio_trl_over_vlmtune": round(t["s_per_step"] / v["s_per_step"], 3),
-                      "vlmtune_conv_s_per_step": round(c["s_per_step"], 4),
-                      "steps": args.steps, "timed_steps": args.steps - WARMUP, "batch": args.batch, "n": args.n,
-                      "threads": [v["threads"], t["threads"]], "vlmtune_loss_last": round(v["losses"][-1], 4),
-                      "trl_loss_last": round(t["losses"][-1], 4), "trl_assistant_only_loss": True,
-                      "trl_optim": t["optim"]}))
+            shutil.rmtree(work, ignore_errors=True)
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
+
+    fig = {side: {"tokens_per_s": statistics.median(r["tokens"] / r["train_seconds"] for r in rs),
+                  "s_per_step": med(side, "train_seconds") / STEPS, "peak_rss_gb": med(side, "peak_rss_gb"),
+                  "first_step_s": med(side, "first_step_end"), "tokens": med(side, "tokens"),
+                  "loss_last": statistics.median(r["losses"][-1] for r in rs)}
+           for side, rs in runs.items()}
+    v, t = fig["vlmtune"], fig["trl"]
+    achieved = statistics.median(r["train_flops"] / r["train_seconds"] for r in runs["vlmtune"])
+    print(f"\nSFT, Qwen2-VL {runs['vlmtune'][0]['trainable'] / 1e6:.1f} M parameters (all trained), {N_SAMPLES} mixed "
+          f"samples, batch {BATCH}, {STEPS} steps, fp32, {runs['vlmtune'][0]['threads']} torch threads, "
+          f"{args.pairs} run(s) of each (medians); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'':22}{'vlmtune':>12}{'TRL':>12}")
+    for label, key, f in [("tokens/s", "tokens_per_s", "{:.0f}"), ("s/step", "s_per_step", "{:.3f}"),
+                          ("peak RSS (GB)", "peak_rss_gb", "{:.2f}"), ("time to 1st step (s)", "first_step_s", "{:.1f}"),
+                          ("tokens in the epoch", "tokens", "{:.0f}"), ("loss, last step", "loss_last", "{:.4f}")]:
+        print(f"{label:22}{f.format(v[key]):>12}{f.format(t[key]):>12}")
+    print(f"vlmtune achieved {fmt_rate(achieved)} of training FLOPs = {100 * achieved / peak_flops:.1f}% of this "
+          f"machine's dense fp32 matmul rate ({fmt_rate(peak_flops)}); vlmtune packing: {runs['vlmtune'][0]['packing']}")
+    ratios = {"tokens_per_s_vlmtune_over_trl": v["tokens_per_s"] / t["tokens_per_s"],
+              "peak_rss_vlmtune_over_trl": v["peak_rss_gb"] / t["peak_rss_gb"],
+              "first_step_vlmtune_over_trl": v["first_step_s"] / t["first_step_s"]}
+    print(json.dumps({"vlmtune": v, "trl": t, "matmul_flops": peak_flops, "vlmtune_flops_per_s": achieved,
+                      "load_average": os.getloadavg()}, default=float))
+    print("ratios: " + ", ".join(f"{k} {x:.2f}" for k, x in ratios.items()))
 
 
 if __name__ == "__main__":

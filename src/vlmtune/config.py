@@ -97,6 +97,13 @@ class TrainConfig(_Section):
     batch_size: int = Field(1, ge=1, description="Micro-batch size per device.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (token-exact loss).")
     max_length: int = Field(2048, ge=8, description="Longer samples are dropped whole, never cut.")
+    packing: bool = Field(
+        True, description="Padding-free: a micro-batch's samples run end to end in one row, each attending only "
+                          "itself, positions restarting per sample; same loss and gradients as padded rows. "
+                          "false = padded rows. A family that cannot pack falls back to padded rows, saying why.")
+    max_tokens_per_batch: int | None = Field(
+        None, ge=8, description="With packing: a micro-batch's samples are split into rows of at most this many "
+                                "tokens, one forward each (bounds activation memory); None = one row per micro-batch.")
     max_grad_norm: float | None = Field(1.0, description="Clip gradients to this norm; None disables.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps (wins over warmup_ratio).")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a share of all steps.")

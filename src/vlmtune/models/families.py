@@ -22,7 +22,9 @@ stop_tokens            where MCQ answer extraction cuts a reply
 extra_inputs,          collation: the per-token ones are padded along the sequence
 token_inputs           (:attr:`Family.token_keys`); a GRPO group extends them over
                        its completions
-position_style         GRPO's shared-prefix positions (mRoPE or 1-D)
+position_style         GRPO's shared-prefix positions and SFT's packed positions
+                       (mRoPE or 1-D)
+packing_blocker        whether SFT packs samples padding-free or pads rows
 =====================  ==========================================================
 
 Parameter names are those of the model loaded with
@@ -127,6 +129,9 @@ class Family:
     ``max_pixels`` (Qwen-VL's dynamic resolution): the recipe's ``model.min_pixels`` /
     ``model.max_pixels`` go to it. Families that resize to a fixed size or fixed tiles
     (LLaVA, Gemma3, InternVL, Idefics3) have no such bound."""
+    packing_blocker: str = ""
+    """Why padding-free packing (:mod:`vlmtune.batching.packing`) would give this family
+    wrong attention, so SFT pads its rows instead (and says so); empty: it packs."""
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -293,6 +298,8 @@ FAMILIES: dict[str, Family] = {
             stop_tokens=("<eos>",),
             position_style="1d",
             template_adds_bos=True,
+            packing_blocker="transformers (5.24) maps a packed row's token indices to per-sample positions before "
+            "Gemma3's bidirectional image-block mask reads them, so image blocks of different samples would mix",
             notes="token_type_ids (1 at image tokens) make attention bidirectional inside an image. "
             "Word embeddings are tied (no lm_head parameter).",
         ),

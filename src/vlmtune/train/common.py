@@ -42,7 +42,14 @@ def build_optimizer(model: torch.nn.Module, family: Any, train: TrainConfig) -> 
     groups = param_groups(model, family, train)
     if not groups:
         raise ValueError("no trainable parameters: check train.mode and the freeze section")
-    return torch.optim.AdamW(groups, lr=train.lr, betas=train.adam_betas)
+    params = [p for g in groups for p in g["params"]]
+    # One fused kernel per step on CPU and CUDA: no parameter-sized temporaries (the foreach
+    # default makes several, ~70 MB of peak memory at 25 M parameters) and fewer passes.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES for p in params)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=train.adam_betas, fused=fused or None)
+
+
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):

@@ -261,6 +261,11 @@ class Run:
         if not self.show_progress and self.is_main:
             self._console.print(step_line(step, metrics), markup=False, highlight=False, soft_wrap=True)
 
+    def warn(self, message: str) -> None:
+        """A notice the user should see once (the main process prints it)."""
+        if self.is_main:
+            self._console.print(f"[yellow]{message}", highlight=False)
+
     def log_text(self, step: int, tag: str, text: str) -> None:
         self.logger.log_text(step, tag, text)
 

@@ -9,6 +9,11 @@ checkpoint -> save ``final/`` and ``run_summary.json``. The lifecycle around the
 The loss of a step is the mean over *all* label tokens of its micro-batches, on every
 process (not a mean of per-micro-batch or per-process means), so gradient accumulation and
 data parallelism (DDP or FSDP) give the same gradient as one process taking the whole batch.
+
+Packing (``train.packing``, on by default): a micro-batch's samples run end to end in one
+row without padding (:mod:`vlmtune.batching.packing`), each attending only itself, with its
+own positions (:mod:`vlmtune.models.packing`, which also runs SDPA sample by sample); the
+loss and its gradients are those of the padded batch. ``train.max_tokens_per_batch`` splits a micro-batch into several such rows.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import torch.nn.functional as F
 
 from vlmtune.batching.collate import collate
 from vlmtune.batching.dataset import RenderedDataset, load_datasets
+from vlmtune.batching.packing import packed_batches
 from vlmtune.batching.render import IGNORE
-from vlmtune.config import Recipe
+from vlmtune.config import ConfigError, Recipe
 from vlmtune.flops import ModelFlops, Units, batch_units
+from vlmtune.models.families import Family
 from vlmtune.models.loading import load_for_training, pad_token_id
+from vlmtune.models.packing import packed_position_ids, use_packed_attention
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar, total_steps
 from vlmtune.train.run import Run
 
@@ -54,6 +62,29 @@ def summed_token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Te
                            ignore_index=IGNORE, reduction="sum")
 
 
+def model_batches(items: list[dict[str, torch.Tensor]], model: torch.nn.Module, family: Family, pad_id: int,
+                  device: torch.device, packing: bool, max_tokens: int | None = None) -> list[dict[str, Any]]:
+    """Rendered samples as the model inputs (with labels) of one or more forwards: packed rows
+    with their positions, or one padded batch."""
+    if not packing:
+        return [{k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(items, pad_id, family.token_keys).items()}]
+    rows = []
+    for row in packed_batches(items, family.token_keys, max_tokens):
+        lengths = row.pop("seq_lengths")
+        row = {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.items()}
+        row["position_ids"] = packed_position_ids(model, family, row, lengths)
+        rows.append(row)
+    return rows
+
+
+def packing_off_reason(packing: bool, family: Family) -> str | None:
+    """Why this run pads its rows although ``train.packing`` asks to pack (None: it packs, or
+    packing is off by the recipe)."""
+    if packing and family.packing_blocker:
+        return f"train.packing is on, but family {family.name!r} pads its rows: {family.packing_blocker}"
+    return None
+
+
 def micro_loss(model: torch.nn.Module, batch: dict[str, Any], step_tokens: float) -> torch.Tensor:
     """This micro-batch's summed token loss divided by the whole step's token count (per
     process, when processes average their gradients)."""
@@ -62,17 +93,17 @@ def micro_loss(model: torch.nn.Module, batch: dict[str, Any], step_tokens: float
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: RenderedDataset, batch_size: int, pad_id: int,
-             device: torch.device, flops: ModelFlops) -> tuple[float, Units]:
+             device: torch.device, flops: ModelFlops, packing: bool = False,
+             max_tokens: int | None = None) -> tuple[float, Units]:
     """Mean token loss over the held-out set, and what was run forward to get it."""
     model.eval()
     total, tokens, seen = 0.0, 0, Units()
     for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], pad_id,
-                        dataset.family.token_keys)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        total += float(summed_token_loss(model, batch))
-        tokens += label_tokens(batch)
-        seen += batch_units(batch, flops)
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for batch in model_batches(items, model, dataset.family, pad_id, device, packing, max_tokens):
+            total += float(summed_token_loss(model, batch))
+            tokens += label_tokens(batch)
+            seen += batch_units(batch, flops)
     model.train()
     return total / max(tokens, 1), seen
 
@@ -93,12 +124,26 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         optimizer = build_optimizer(model, loaded.family, t)
         scheduler = build_scheduler(optimizer, t, steps)
         model, optimizer = run.prepare(model, optimizer)
+        packing_off = packing_off_reason(t.packing, loaded.family)
+        if packing_off:
+            run.warn(packing_off)
+        packing = t.packing and not packing_off
+        if packing and t.max_tokens_per_batch and run.layout.sharded and acc.num_processes > 1:
+            raise ConfigError("train.max_tokens_per_batch under FSDP across processes: processes would run "
+                              "different numbers of forwards per step (each one a collective); leave it unset")
+        if packing:
+            use_packed_attention(model)  # SDPA sample by sample instead of across the whole masked row
+
+        def batches(items: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+            return model_batches(items, model, loaded.family, pad_id, acc.device, packing, t.max_tokens_per_batch)
+
         stream = BatchStream(len(train_ds), t.batch_size, t.seed, recipe.data.shuffle,
                              acc.process_index, acc.num_processes)
         loss_value = run.resume(model, optimizer, scheduler, stream).get("train_loss_last", float("nan"))
 
         def held_out_loss() -> float:
-            loss, units = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, acc.device, run.meter.flops)
+            loss, units = evaluate(model, eval_ds, recipe.eval.batch_size, pad_id, acc.device, run.meter.flops,
+                                   packing, t.max_tokens_per_batch)
             run.meter.add_forward(units)
             return loss
 
@@ -109,9 +154,8 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
             task = bar.add_task("sft", total=steps, completed=run.start_step, info="")
             for step in range(run.start_step + 1, steps + 1):
                 tick = time.perf_counter()
-                micro = [collate([train_ds[i] for i in stream.next()], pad_id, loaded.family.token_keys)
-                         for _ in range(t.grad_accum)]
-                micro = [{k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in micro]
+                # grad_accum micro-batches, each one padded batch or one or more packed rows
+                micro = [b for _ in range(t.grad_accum) for b in batches([train_ds[i] for i in stream.next()])]
                 local_tokens = sum(label_tokens(b) for b in micro)
                 step_tokens = int(acc.reduce(torch.tensor(local_tokens, device=acc.device), "sum"))
                 # DDP and FSDP average gradients over processes; dividing by the step's tokens
@@ -148,7 +192,9 @@ def run_sft(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                 run.maybe_save(step, steps, train_loss_last=loss_value)
 
         summary = {"steps": steps, "train_loss_last": loss_value, "train_rows": len(train_ds),
-                   "trainable_params": _trainable(model)}
+                   "trainable_params": _trainable(model), "packing": packing}
+        if packing_off:
+            summary["packing_off"] = packing_off
         if eval_ds is not None:  # also after resuming a run that had already finished
             summary["eval_loss"] = eval_loss if eval_loss is not None else held_out_loss()
         return run.finish(steps, summary, processor, bad_rows, train_loss_last=loss_value)

@@ -1,0 +1,45 @@
+"""What the SFT benchmarks share: running one measured side in a fresh process (its peak
+resident memory read from the kernel, its figures from a JSON file it writes) and the
+clock a child reads its own start-up and first step against."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def since_start() -> float:
+    """Seconds since this process started (the kernel's start time of the process)."""
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(args: list[str], result: Path) -> dict[str, Any]:
+    """Run ``python ARGS`` (which writes ``result``); its figures plus ``peak_rss_gb``."""
+    result.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, *args])
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0 or not result.is_file():
+        raise SystemExit(f"{' '.join(args)} failed (status {status})")
+    return {**json.loads(result.read_text()), "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+
+
+def clock_vlmtune_steps() -> dict[int, float]:
+    """Note when vlmtune logs each step (seconds since the process started): a step is
+    logged as soon as its optimizer step is done (with ``train.log_every=1``)."""
+    from vlmtune.train.run import Run
+
+    logged: dict[int, float] = {}
+    log = Run.log
+
+    def clocked_log(self, step, metrics):
+        logged.setdefault(step, since_start())
+        return log(self, step, metrics)
+
+    Run.log = clocked_log
+    return logged
