@@ -174,6 +174,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-variant", type=int, choices=[0, 1, 2], default=None,
                    help="clarify: system prompt: 0 none (default), 1 short rule, 2 long rule (ClarifyVLM's variants)")
     p.add_argument("--fast", action="store_true", help="a one-minute smoke version")
+    p.add_argument("--judge", default=None, metavar="URL",
+                   help="clarify: base URL of an OpenAI-compatible judge scoring GRPO's reward (default: the "
+                        "offline rule judge; --set judge_model=NAME names the served model)")
     _set_arg(p, "task's demo")
 
 
@@ -196,7 +199,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not callable(demo):
         raise ConfigError(f"task {args.task!r} has no demo hook (a demo(out, *, fast=False, **options) method); "
                           f"tasks with one: {', '.join(demo_tasks())}")
-    call_with_options(demo, f"demo of task {args.task!r}", _given(args, "prompt_variant"), out=Path(args.out),
+    call_with_options(demo, f"demo of task {args.task!r}", _given(args, "prompt_variant", "judge"), out=Path(args.out),
                       fast=args.fast)
     return 0
 
