@@ -441,11 +441,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True,
                     with timer("on_step"):
                         hooked = on_step(step, acc.unwrap_model(model)) or {}
                 metrics = {**rewards.pop_metrics(), **step_metrics(batch, rewards.names, g, *gather_rewards(batch, acc)),
-<<<<<<< HEAD
-                           **batch.metrics, **stats,
-=======
-                           **stats, **hooked,
->>>>>>> 24d21d0 (clarify demo in the papers' setting: validation split (no eval scene in train/val), SFT on a skewed labelled set, GRPO on unlabelled prompts with a validation learning curve (run_grpo on_step hook), reward component spread (aqua log_extra, spread/* metrics), gain row, line chart in the report, --judge URL)
+                           **batch.metrics, **stats, **hooked,
                            "lr": scheduler.get_last_lr()[0], **rewards.judge_stats(),  # keys are judge/<counter>
                            **timer.pop(), "step_seconds": time.perf_counter() - tick}
                 if metrics["distinct_frac"] < COLLAPSE_WARNING:
