@@ -10,7 +10,9 @@ import pytest
 
 from vlmtune.data.readers import read_samples
 from vlmtune.tasks.clarify.data import clarify_samples, make_clarify_dataset, scene_key
-from vlmtune.tasks.clarify.splits import REFERENCE_FIELDS, labelled_subset, unlabelled_prompts
+from vlmtune.tasks.clarify.splits import labelled_subset, unlabelled_prompts
+
+from reference_checks import assert_no_reference
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,17 +70,6 @@ def test_unlabelled_prompts_carry_no_reference(data):
         assert prompt["meta"]["level"] == row["meta"]["level"]  # what the judge reads stays
     samples, bad = read_samples(out / "prompts.jsonl", require_assistant=False)
     assert bad.total == 0 and len(samples) == 80
-
-
-def assert_no_reference(prompt: dict, row: dict) -> None:
-    """``prompt`` (a GRPO prompt row) holds no assistant turn and no text of ``row``'s (the
-    labelled sample's) reference responses or multiple-choice answers."""
-    assert [m["role"] for m in prompt["messages"]] == [m["role"] for m in row["messages"][:-1]] != []
-    assert all(m["role"] != "assistant" for m in prompt["messages"])
-    assert not set(REFERENCE_FIELDS) & set(prompt["meta"])
-    text = json.dumps(prompt)
-    leaks = [r for r in (*row["meta"]["references"].values(), *row["meta"]["choices"]) if r and r in text]
-    assert not leaks, leaks
 
 
 def test_val_and_eval_share_no_scene(data):
