@@ -81,7 +81,9 @@ def test_grpo_curve_section(tmp_path):
     table, spread = section.tables
     assert [[c.text for c in row] for row in table.rows] == [["0", "–", "0.688", "1.000", "0.500", "0.250", "1.000"],
                                                              ["10", "0.610", "0.750", "1.000", "0.500", "0.500", "1.000"]]
-    assert [[c.text for c in row] for row in spread.rows][-1] == ["zero_spread_groups", "37.5%"]
+    assert [[c.text for c in row] for row in spread.rows] == [["reward", "0.210"], ["aqua/strategy", "0.200"],
+                                                              ["aqua/distortion", "0.050"],
+                                                              ["groups with no spread (share)", "37.5%"]]
     html = write_report(tmp_path, _stages(), task=ClarifyTask(), sections=[section]).read_text()
     assert 'id="grpo-curve"' in html and 'id="reward-spread"' in html and "<polyline" in html
     assert html.index('class="confusion"') < html.index('id="grpo-curve"')  # after the task's own sections

@@ -113,7 +113,8 @@ def grpo_curve_section(curve: list[dict], spread: dict[str, float]) -> Section:
     table = Table(header=[[Cell("step"), Cell("train reward"), Cell("validation"), *(Cell(lv) for lv in levels)]],
                   rows=rows, id="grpo-curve", caption="learning curve")
     spreads = Table(header=[[Cell("part of the reward"), Cell("mean std inside groups")]],
-                    rows=[[Cell(k), Cell(f"{100 * v:.1f}%" if k == "zero_spread_groups" else fmt(v))]
-                          for k, v in spread.items()], id="reward-spread", caption="what the policy is pushed on")
+                    rows=[[Cell("groups with no spread (share)"), Cell(f"{100 * v:.1f}%")] if k == "zero_spread_groups"
+                          else [Cell(k), Cell(fmt(v))] for k, v in spread.items()],
+                    id="reward-spread", caption="what the policy is pushed on")
     return Section("GRPO learning curve", tables=[table, spreads], side_by_side=True, line_chart=chart,
                    note="validation split, greedy; train reward over the sampled completions")
