@@ -8,6 +8,11 @@ Two steps, each a stage of the demo (:mod:`vlmtune.tasks.clarify.demo`) with set
     # GRPO from that SFT checkpoint on the unlabelled prompts, validation curve every N steps
     python benchmarks/clarify_grpo_sweep.py grpo --out runs/sweep/l2-10 --set grpo_lr=1e-5 grpo_steps=80
 
+A third step reports (it chooses nothing): the GRPO stage of a finished ``make demo`` run again with
+other GRPO seeds, from the same SFT weights, scored on the held-out split as the demo scores it:
+
+    python benchmarks/clarify_grpo_sweep.py seeds --out runs/demo --seeds 1 2
+
 ``--set`` takes :class:`~vlmtune.tasks.clarify.demo.DemoSettings` fields. Each run appends one JSON row
 to ``OUT/sweep.jsonl``: the settings that differ from the demo's, the validation strategic accuracy
 overall and per level (SFT for ``prepare``; every curve point for ``grpo``), the reward spread, and
@@ -25,8 +30,8 @@ from pathlib import Path
 
 from vlmtune.demos import build_demo_model
 from vlmtune.tasks.clarify.demo import (
-    FULL, DemoSettings, ValidationCurve, demo_data, grpo_recipe, grpo_rewards, learning_curve, reward_spread,
-    sft_data, sft_recipe, warm_up_demo_vision)
+    FULL, LEVELS, DemoSettings, ValidationCurve, demo_data, evaluate_model, grpo_recipe, grpo_rewards, learning_curve,
+    reward_spread, sft_data, sft_recipe, warm_up_demo_vision)
 
 
 def settings(pairs: list[str]) -> DemoSettings:
@@ -92,17 +97,40 @@ def grpo(out: Path, s: DemoSettings, name: str) -> None:
                   "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(_cpu() - cpu, 1)})
 
 
+def seeds(out: Path, grpo_seeds: list[int]) -> None:
+    from vlmtune.train.grpo import run_grpo
+
+    summary = json.loads((out / "summary.json").read_text())
+    fields = {f.name for f in dataclasses.fields(DemoSettings)}
+    demo = DemoSettings(**{k: v for k, v in summary["settings"].items() if k in fields})
+    sft = summary["sft"]
+    for seed in grpo_seeds:
+        wall, cpu = time.perf_counter(), _cpu()
+        s = dataclasses.replace(demo, grpo_seed=seed)
+        run_dir = out / "grpo-seeds" / f"seed-{seed}"
+        run_grpo(grpo_recipe(out / "sft" / "final", out / "data" / "grpo_prompts.jsonl", run_dir, s), show_progress=True)
+        acc = evaluate_model(run_dir / "final", out / "data" / "eval.jsonl", run_dir / "eval", s, f"seed {seed}")[1][
+            "strategic_accuracy"]
+        _record(out, {"stage": "grpo-seed", "grpo_seed": seed, "sft": sft["strategic_accuracy"],
+                      "grpo": acc["overall"], "gain": round(acc["overall"] - sft["strategic_accuracy"], 4),
+                      "per_level": {lv: acc["per_level"][lv] for lv in LEVELS},
+                      "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(_cpu() - cpu, 1)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=["prepare", "grpo"])
+    ap.add_argument("step", choices=["prepare", "grpo", "seeds"])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default=None, help="grpo: the run's folder under OUT/grpo (default: from --set)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2], help="seeds: the GRPO seeds to run")
     args = ap.parse_args()
     s = settings(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "prepare":
         prepare(args.out, s)
+    elif args.step == "seeds":
+        seeds(args.out, args.seeds)
     else:
         grpo(args.out, s, args.name or ("_".join(args.set) or "default").replace("/", "-"))
 

@@ -44,7 +44,8 @@ from rich.table import Table
 
 from vlmtune.demos import PREPASS_PROCS, StageClock, build_demo_model, warm_up_and_save
 
-__all__ = ["DemoSettings", "FAST", "FULL", "ValidationCurve", "changed_responses", "demo_data", "grpo_recipe",
+__all__ = ["DemoSettings", "FAST", "FULL", "ValidationCurve", "changed_responses", "demo_data", "evaluate_model",
+           "grpo_recipe",
            "grpo_rewards", "learning_curve", "reward_spread", "run_demo", "sft_data", "sft_recipe",
            "warm_up_demo_vision"]
 
@@ -280,7 +281,9 @@ def _reward_mean(eval_dir: Path, data_path: Path) -> float:
     return sum(valid) / len(valid) if valid else float("nan")
 
 
-def _evaluate(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -> tuple[list[dict], dict]:
+def evaluate_model(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -> tuple[list[dict], dict]:
+    """Score ``model`` on ``data`` as the demo scores a stage (greedy, rule judge): the
+    prediction records and metrics, also written to ``out``."""
     from vlmtune.eval.run import run_eval
 
     metrics = run_eval(model, data, task="clarify", out_dir=out, batch_size=s.eval_batch,
@@ -381,7 +384,7 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0, settings: D
 
     def evaluate(stage: str, model_dir: Path, since: float) -> float:
         tick = time.perf_counter()
-        records, metrics = _evaluate(model_dir, data["eval"], out / "eval" / stage, s, f"demo: {stage}")
+        records, metrics = evaluate_model(model_dir, data["eval"], out / "eval" / stage, s, f"demo: {stage}")
         stages[stage] = (records, metrics)
         reward = _reward_mean(out / "eval" / stage, data["eval"])
         now = mark(f"eval_{stage}", tick)
