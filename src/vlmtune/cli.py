@@ -164,7 +164,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 DEMO_FLAGS = {"task": "demo.task", "out": "demo.out", "fast": "demo.fast",
-              "prompt_variant": "demo.options.prompt_variant",
+              "prompt_variant": "demo.options.prompt_variant", "judge": "demo.options.judge",
               "options": lambda pairs: {f"demo.options.{k}": v for k, v in pairs}}
 """Each flag of ``vlmtune demo`` is a shorthand for a recipe key (``config.recipe_from_args``)."""
 
@@ -182,6 +182,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="demo.options.prompt_variant: clarify's system prompt: 0 none (default), 1 short rule, "
                         "2 long rule (ClarifyVLM's variants)")
     g.add_argument("--fast", action="store_true", default=None, help="demo.fast: a one-minute smoke version")
+    g.add_argument("--judge", metavar="URL",
+                   help="demo.options.judge: clarify: base URL of an OpenAI-compatible judge scoring GRPO's reward "
+                        "(default: the offline rule judge; --set judge_model=NAME names the served model)")
     g.add_argument("--set", dest="options", action="append", type=_option, metavar="KEY=VALUE",
                    help="demo.options.KEY: an option of the task's demo (repeatable; the value is read as YAML)")
 

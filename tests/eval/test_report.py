@@ -24,7 +24,7 @@ from PIL import Image
 
 from vlmtune.data.builtin import make_shapes_dataset
 from vlmtune.data.readers import read_samples
-from vlmtune.eval.report import Cell, Section, Table, bar_chart, split_tables, write_report
+from vlmtune.eval.report import Cell, Section, Table, bar_chart, line_chart, split_tables, write_report
 from vlmtune.tasks.clarify import ClarifyTask
 
 LEVELS = ("L0", "L1", "L2", "L3")
@@ -63,6 +63,26 @@ def test_bar_chart_grouped_bars():
     full = next(b for b in chart["bars"] if b["stage"] == "a" and b["group"] == "L1")
     assert full["h"] == pytest.approx(chart["bottom"] - chart["top"])
     assert next(b for b in chart["bars"] if b["group"] == "overall" and b["stage"] == "a")["missing"]
+
+
+def test_line_chart_geometry():
+    chart = line_chart([0, 10, 20], {"val": [0.5, 1.0, None], "reward": [None, 0.0, 0.25]}, x_label="step")
+    val, reward = chart["lines"]
+    assert [m["x"] for m in val["markers"]] == [chart["left"], chart["left"] + (chart["right"] - chart["left"]) / 2]
+    assert val["markers"][1]["y"] == chart["top"]  # 1.0 at the top of the plot, 0 at the bottom
+    assert reward["markers"][0]["y"] == chart["bottom"] and len(reward["markers"]) == 2  # None left out
+    assert val["points"] == " ".join(f"{m['x']},{m['y']}" for m in val["markers"])
+    assert [t["text"] for t in chart["x_ticks"]] == ["0", "10", "20"]
+    assert len(line_chart(list(range(101)), {"a": [0.5] * 101})["x_ticks"]) <= 11
+
+
+def test_report_takes_a_callers_sections(tmp_path, shapes):
+    chart = line_chart([0, 5], {"validation": [0.25, 0.5]}, y_label="accuracy", x_label="GRPO step")
+    extra = Section("Training curve", tables=[Table(header=[[Cell("step")]], rows=[[Cell("<5>")]], id="curve-table")],
+                    line_chart=chart)
+    html = write_report(tmp_path, {"m": (_records(shapes[:1], 0), {})}, sections=[extra]).read_text()
+    assert "Training curve" in html and 'id="curve-table"' in html and "&lt;5&gt;" in html
+    assert html.count("<polyline") == 1 and html.count("<circle") == 2 and "GRPO step" in html
 
 
 def test_report_escapes_user_text(tmp_path, shapes):

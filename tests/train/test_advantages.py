@@ -6,7 +6,7 @@ import pytest
 import torch
 from trl.trainer.utils import nanstd
 
-from vlmtune.train.advantages import distinct_fraction, group_advantages, zero_spread_groups
+from vlmtune.train.advantages import distinct_fraction, group_advantages, group_spread, zero_spread_groups
 
 NAN = float("nan")
 EPS = 1e-4
@@ -91,6 +91,21 @@ def test_zero_spread_groups():
     assert zero_spread_groups(rewards, 2, atol=1e-6)[4]
     with pytest.raises(ValueError):
         zero_spread_groups(rewards, 1)
+
+
+def test_group_spread_by_hand():
+    # groups: [1, 0, 1, 0] std sqrt(4 * 0.25 / 3) = 0.57735; [1, 1, 1, 1] 0; [0.7, NaN, 1, NaN] two
+    # valid values, std |1 - 0.7| / sqrt(2) = 0.212132; [NaN, 0.5, NaN, NaN] one valid value, 0
+    values = torch.tensor([1.0, 0.0, 1.0, 0.0, 1, 1, 1, 1, 0.7, NAN, 1.0, NAN, NAN, 0.5, NAN, NAN])
+    assert group_spread(values, 4) == pytest.approx((0.5773503 + 0.0 + 0.2121320 + 0.0) / 4, abs=1e-6)
+    assert group_spread(torch.zeros(0), 4) == 0.0
+    # the components of a sum: Dr. GRPO advantages of the total are the sum of the components' centred values
+    strategy, distortion = torch.tensor([1.0, 1, 0, 0]), torch.tensor([0.0, -0.3, 0, 0])
+    torch.testing.assert_close(group_advantages(strategy + distortion, 4, "none"),
+                               group_advantages(strategy, 4, "none") + group_advantages(distortion, 4, "none"))
+    assert group_spread(distortion, 4) == pytest.approx(0.15)  # std of [0, -0.3, 0, 0] = 0.15
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_spread(torch.ones(6), 4)
 
 
 def test_zero_spread_agrees_with_zero_advantages():

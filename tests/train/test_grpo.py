@@ -211,3 +211,32 @@ def probe(prompts, completions, completion_ids, answer, **columns):
     assert got["completion"][0]["role"] == "assistant" and isinstance(got["completion"][0]["content"], str)
     assert got["ids"] and all(isinstance(i, int) for i in got["ids"]) and len(got["ids"]) <= 8
     assert len(got["answer"]) == 8 and {"shape", "colour"} <= set(got["columns"])  # 2 prompts x G=4
+
+
+def test_reward_components_spread_and_step_hook(setup, tmp_path):
+    """A reward's numeric log_extra columns get their within-group spread logged; on_step's
+    metrics are logged with the step it ran after."""
+    parts = tmp_path / "parts.py"
+    parts.write_text('''
+def parts(prompts, completions, log_extra, **columns):
+    odd = [float(len(c[0]["content"]) % 2) for c in completions]
+    log_extra("part/odd", odd)
+    log_extra("part/one", [1.0] * len(completions))
+    log_extra("label", ["text"] * len(completions))  # not a number: no spread
+    return [o + 1.0 for o in odd]
+''')
+    calls = []
+
+    def hook(step, policy):
+        calls.append((step, policy.training))
+        return {"hook/step": float(step)} if step % 2 == 0 else None
+
+    run_grpo(recipe(setup, tmp_path / "run", f"rewards=[{{fn: '{parts}:parts'}}]", "train.max_steps=2",
+                    "train.log_every=1"), show_progress=False, on_step=hook)
+    rows = metrics(tmp_path / "run")
+    assert [c[0] for c in calls] == [1, 2]
+    assert "hook/step" not in rows[0] and rows[1]["hook/step"] == 2.0 and rows[1]["time/on_step"] >= 0
+    for row in rows:
+        assert row["spread/part/one"] == 0.0 and "spread/label" not in row
+        assert row["spread/part/odd"] == pytest.approx(row["spread/reward"])  # the reward is odd + 1
+        assert {s["label"] for s in row["samples"]} == {"text"}  # extras stay columns of the samples

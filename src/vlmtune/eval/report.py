@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cell", "Section", "Table", "bar_chart", "fmt", "level_key", "split_tables", "text_table",
-           "thumbnail_uri", "write_report"]
+__all__ = ["Cell", "Section", "Table", "bar_chart", "fmt", "level_key", "line_chart", "split_tables",
+           "text_table", "thumbnail_uri", "write_report"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 THUMB_PX = 96
@@ -91,14 +91,16 @@ class Table:
 
 @dataclass
 class Section:
-    """A titled part of the report a task adds (its ``report_sections`` hook): tables (side by
-    side with ``side_by_side``), then a bar chart (:func:`bar_chart` geometry), either optional."""
+    """A titled part of the report a task adds (its ``report_sections`` hook, or a caller's
+    ``sections``): tables (side by side with ``side_by_side``), then a bar chart
+    (:func:`bar_chart` geometry) and a line chart (:func:`line_chart`), each optional."""
 
     title: str
     tables: list[Table] = field(default_factory=list)
     chart: dict[str, Any] | None = None
     note: str = ""
     side_by_side: bool = False
+    line_chart: dict[str, Any] | None = None
 
 
 def scalar_metrics(metrics: dict, prefix: str = "", depth: int = 1) -> dict[str, float | int | str]:
@@ -172,6 +174,38 @@ def bar_chart(groups: list[str], series: dict[str, list[float | None]], *, width
             "y_label": y_label}
 
 
+def line_chart(xs: list[float], series: dict[str, list[float | None]], *, width: int = 640, height: int = 260,
+               y_label: str = "score", x_label: str = "step") -> dict[str, Any]:
+    """Geometry of a line chart of values in [0, 1] over the x values ``xs`` (e.g. training
+    steps) for the template's inline SVG; a None or NaN value leaves its point out."""
+    left, right, top, bottom = 48, 12, 14, 58
+    plot_w, plot_h = width - left - right, height - top - bottom
+    lo, hi = (min(xs), max(xs)) if xs else (0, 1)
+    span = (hi - lo) or 1
+
+    def x_px(x: float) -> float:
+        return round(left + (x - lo) / span * plot_w, 1)
+
+    def y_px(v: float) -> float:
+        return round(top + plot_h - max(0.0, min(1.0, float(v))) * plot_h, 1)
+
+    lines = []
+    for i, (name, values) in enumerate(series.items()):
+        kept = [(x, v) for x, v in zip(xs, values) if v is not None and not math.isnan(v)]
+        lines.append({"name": name, "color": PALETTE[i % len(PALETTE)],
+                      "points": " ".join(f"{x_px(x)},{y_px(v)}" for x, v in kept),
+                      "markers": [{"x": x_px(x), "y": y_px(v), "text": f"{name}, {x_label} {x:g}: {v:.3f}"}
+                                  for x, v in kept]})
+    every = max(1, math.ceil(len(xs) / 11))  # at most about 11 x labels
+    x_ticks = [{"x": x_px(x), "text": f"{x:g}"} for x in xs[::every]]
+    ticks = [{"y": y_px(t), "text": f"{t:.2f}".rstrip("0").rstrip(".")} for t in (0, 0.25, 0.5, 0.75, 1.0)]
+    legend = [{"x": left + i * 200, "y": height - 8, "name": n, "color": PALETTE[i % len(PALETTE)]}
+              for i, n in enumerate(series)]
+    return {"width": width, "height": height, "left": left, "right": width - right, "top": top,
+            "bottom": top + plot_h, "lines": lines, "x_ticks": x_ticks, "ticks": ticks, "legend": legend,
+            "y_label": y_label, "x_label": x_label}
+
+
 def fmt(v: Any) -> str:
     if v is None:
         return "–"
@@ -230,11 +264,13 @@ def _split_sections(names: list[str], metrics: list[dict], titles: dict[str, str
 
 
 def write_report(out_dir: str | Path, stages: dict[str, tuple[list[dict], dict]],
-                 title: str = "vlmtune evaluation report", max_samples: int = 1000, task: Any = None) -> Path:
+                 title: str = "vlmtune evaluation report", max_samples: int = 1000, task: Any = None,
+                 sections: list[Section] | None = None) -> Path:
     """Write ``out_dir/index.html`` comparing ``stages`` (name -> (records, metrics)).
 
     ``task`` is the task that scored them: its ``report_sections(stages)`` hook adds its own
-    sections, its ``report_tables`` titles the split tables. Up to ``max_samples`` sample
+    sections, its ``report_tables`` titles the split tables. ``sections`` (e.g. a demo's
+    training curves) follow the task's. Up to ``max_samples`` sample
     cards per stage are embedded (the page says how many were left out). Returns the path
     of the page.
     """
@@ -245,7 +281,7 @@ def write_report(out_dir: str | Path, stages: dict[str, tuple[list[dict], dict]]
     stages = {str(n): v for n, v in stages.items()}
     names, metrics = list(stages), [m for _, m in stages.values()]
     hook = getattr(task, "report_sections", None)
-    sections: list[Section] = list(hook(stages)) if hook is not None else []
+    sections = [*(hook(stages) if hook is not None else []), *(sections or [])]
     metric_rows, scalars = _metric_rows(names, metrics)
     chart = None if any(s.chart for s in sections) else _rates_chart(names, scalars)
     group_tables = _split_sections(names, metrics, getattr(task, "report_tables", None))

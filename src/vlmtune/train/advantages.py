@@ -116,6 +116,19 @@ def zero_spread_groups(rewards: Tensor, group_size: int, atol: float = 0.0) -> T
     return (hi - lo) <= atol  # no valid value: -inf - inf <= atol, True
 
 
+def group_spread(values: Tensor, group_size: int) -> float:
+    """Mean over groups of the within-group std of ``values`` (unbiased, NaN left out; a group
+    with fewer than two valid values counts 0).
+
+    Applied to one component of a reward (e.g. the strategy part of a judge's score), it says
+    how much of the group-relative signal that component carries: under Dr. GRPO the
+    advantage is the sum of the components' centred values, so a component with no spread
+    inside groups pushes the policy nowhere, however high or low its mean.
+    """
+    _, std = _nan_mean_std(_as_groups(values, group_size), dim=1)
+    return float(std.mean()) if std.numel() else 0.0
+
+
 def distinct_fraction(completions: list[str], group_size: int) -> list[float]:
     """Share of distinct completions in each group (1.0 = all different), to watch for mode collapse.
 

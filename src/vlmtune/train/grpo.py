@@ -47,6 +47,7 @@ from vlmtune.tracking import ComputeMeter, PhaseTimer
 from vlmtune.train.advantages import (
     distinct_fraction,
     group_advantages,
+    group_spread,
     zero_spread_groups,
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
@@ -237,7 +238,18 @@ def step_metrics(batch: Batch, names: list[str], g: int, rewards: torch.Tensor |
     for k, name in enumerate(names):
         col = per_fn[:, k] if per_fn.numel() else torch.zeros(0)
         m[f"reward/{name}"] = float(col.nanmean()) if len(col) and not col.isnan().all() else float("nan")
-    return m
+    return {**m, **reward_spreads(batch, g)}
+
+
+def reward_spreads(batch: Batch, g: int) -> dict[str, float]:
+    """``spread/reward``: the mean within-group std of the reward (:func:`group_spread`), and
+    ``spread/<column>`` the same for every numeric column a reward logged with ``log_extra``
+    (e.g. a judge reward's components): which part of the reward the advantages come from."""
+    out = {"spread/reward": group_spread(batch.rewards, g)}
+    for name, values in batch.extras.items():
+        if len(values) == len(batch.rewards) and all(v is None or isinstance(v, (int, float)) for v in values):
+            out[f"spread/{name}"] = group_spread(torch.tensor([math.nan if v is None else float(v) for v in values]), g)
+    return out
 
 
 def _nan_std(x: torch.Tensor) -> float:
@@ -381,8 +393,14 @@ def check_layout(recipe: Recipe, layout: Layout) -> None:
                           "gather the sharded policy); use train.distributed=ddp with generation servers")
 
 
-def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
-    """Train with GRPO as the recipe says; returns the run summary (also written to the run dir)."""
+def run_grpo(recipe: Recipe, show_progress: bool = True,
+             on_step: Callable[[int, Any], dict[str, float] | None] | None = None) -> dict[str, Any]:
+    """Train with GRPO as the recipe says; returns the run summary (also written to the run dir).
+
+    ``on_step(step, policy)``, if given, runs after each step's update with the (unwrapped)
+    policy, e.g. a validation eval every N steps; the metrics it returns are logged with the
+    step (timed as ``time/on_step``). It must leave the policy's weights and mode as it found them.
+    """
     t, cfg = recipe.train, recipe.grpo
     check_recipe(recipe)
     with Run.start(recipe, show_progress, engine="grpo") as run:
@@ -453,8 +471,12 @@ def run_grpo(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
                     with timer("sync"):
                         sync_weights(acc.unwrap_model(model), step)
                 count_tokens(run.meter, batch, cfg)
+                hooked: dict[str, float] = {}
+                if on_step is not None:
+                    with timer("on_step"):
+                        hooked = on_step(step, acc.unwrap_model(model)) or {}
                 metrics = {**rewards.pop_metrics(), **step_metrics(batch, rewards.names, g, *gather_rewards(batch, acc)),
-                           **batch.metrics, **stats,
+                           **batch.metrics, **stats, **hooked,
                            "lr": scheduler.get_last_lr()[0], **rewards.judge_stats(),  # keys are judge/<counter>
                            **timer.pop(), "step_seconds": time.perf_counter() - tick}
                 if metrics["distinct_frac"] < COLLAPSE_WARNING:

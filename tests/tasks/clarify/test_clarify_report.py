@@ -66,3 +66,24 @@ def test_sections_only_from_the_hook(tmp_path, levels):
     stages = _stages() if levels else {"s": ([{"id": 0, "correct": True}], {"acc": 1.0})}
     html = write_report(tmp_path, stages).read_text()  # no task: nothing clarify-specific
     assert 'id="summary-table"' not in html and 'class="confusion"' not in html
+
+
+def test_grpo_curve_section(tmp_path):
+    from vlmtune.tasks.clarify.report import grpo_curve_section
+
+    per_level = {"L0": 1.0, "L1": 0.5, "L2": 0.25, "L3": 1.0}
+    curve = [{"step": 0, "val_accuracy": 0.6875, "val_per_level": per_level, "train_reward": None},
+             {"step": 10, "val_accuracy": 0.75, "val_per_level": {**per_level, "L2": 0.5}, "train_reward": 0.61}]
+    section = grpo_curve_section(curve, {"reward": 0.21, "aqua/strategy": 0.2, "aqua/distortion": 0.05,
+                                         "zero_spread_groups": 0.375})
+    chart = section.line_chart
+    assert [len(line["markers"]) for line in chart["lines"]] == [2, 1]  # no train reward before step 0
+    table, spread = section.tables
+    assert [[c.text for c in row] for row in table.rows] == [["0", "–", "0.688", "1.000", "0.500", "0.250", "1.000"],
+                                                             ["10", "0.610", "0.750", "1.000", "0.500", "0.500", "1.000"]]
+    assert [[c.text for c in row] for row in spread.rows] == [["reward", "0.210"], ["aqua/strategy", "0.200"],
+                                                              ["aqua/distortion", "0.050"],
+                                                              ["groups with no spread (share)", "37.5%"]]
+    html = write_report(tmp_path, _stages(), task=ClarifyTask(), sections=[section]).read_text()
+    assert 'id="grpo-curve"' in html and 'id="reward-spread"' in html and "<polyline" in html
+    assert html.index('class="confusion"') < html.index('id="grpo-curve"')  # after the task's own sections

@@ -95,6 +95,60 @@ def test_fast_demo_report_compares_stages(fast_demo: tuple[Path, dict]) -> None:
         assert (out / "eval" / stage / "predictions.jsonl").is_file()
 
 
+def test_fast_demo_grpo_sees_no_reference_and_val_is_not_eval(fast_demo: tuple[Path, dict]) -> None:
+    """GRPO's prompts are the training rows without any reference response; SFT's labelled
+    file is the skewed one; the validation split shares no scene with the held-out split."""
+    import yaml
+
+    from reference_checks import assert_no_reference
+
+    from vlmtune.tasks.clarify.data import scene_key
+
+    out, summary = fast_demo
+    data = out / "data"
+    rows = {name: [json.loads(x) for x in (data / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "val", "eval")}
+    grpo_cfg = yaml.safe_load((out / "grpo" / "config.yaml").read_text())
+    prompts = [json.loads(x) for x in Path(grpo_cfg["data"]["train_path"]).read_text().splitlines()]
+    assert len(prompts) == len(rows["train"]) == summary["data"]["prompts"]
+    for prompt, row in zip(prompts, rows["train"]):
+        assert_no_reference(prompt, row)
+    sft_cfg = yaml.safe_load((out / "sft" / "config.yaml").read_text())
+    labelled = [json.loads(x) for x in Path(sft_cfg["data"]["train_path"]).read_text().splitlines()]
+    assert summary["data"]["labelled"] == {lv: sum(r["meta"]["level"] == lv for r in labelled) for lv in LEVELS}
+    assert summary["data"]["labelled"]["L2"] < summary["data"]["labelled"]["L0"]  # the skew
+    scenes = {k: {scene_key(r["meta"]["scene"]) for r in v} for k, v in rows.items()}
+    assert scenes["val"] and not scenes["val"] & scenes["eval"] and not scenes["train"] & scenes["eval"]
+
+
+def test_fast_demo_learning_curve_gain_and_spread(fast_demo: tuple[Path, dict]) -> None:
+    out, summary = fast_demo
+    curve = summary["grpo_learning_curve"]
+    assert [r["step"] for r in curve] == [0, 1, 2]  # FAST: every step
+    assert curve[0]["train_reward"] is None and all(isinstance(r["train_reward"], float) for r in curve[1:])
+    # the curve's points are the validation metrics the GRPO run logged
+    logged = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val/strategic_accuracy"] for r in logged] == [r["val_accuracy"] for r in curve[1:]]
+    assert [r["reward_mean"] for r in logged] == pytest.approx([r["train_reward"] for r in curve[1:]], abs=1e-4)
+    gain = summary["gain"]
+    assert gain["strategic_accuracy"] == pytest.approx(
+        summary["grpo"]["strategic_accuracy"] - summary["sft"]["strategic_accuracy"], abs=1e-4)
+    assert set(summary["grpo_reward_spread"]) == {"reward", "aqua/strategy", "aqua/distortion", "zero_spread_groups"}
+    html = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert 'id="grpo-curve"' in html and "<polyline" in html and 'id="reward-spread"' in html
+
+
+def test_grpo_recipe_takes_an_http_judge(tmp_path: Path) -> None:
+    from vlmtune.tasks.clarify.demo import FAST, grpo_recipe
+
+    rule = grpo_recipe(tmp_path / "m", tmp_path / "p.jsonl", tmp_path / "g", FAST)
+    assert rule.rewards[0].kwargs == {"judge": "rule"}
+    http = grpo_recipe(tmp_path / "m", tmp_path / "p.jsonl", tmp_path / "g", FAST, judge="http://127.0.0.1:9/v1",
+                       judge_model="judge-7b")
+    assert http.rewards[0].kwargs == {"judge": "recipe"}  # the recipe's judge section, i.e. the URL
+    assert (http.judge.base_url, http.judge.model) == ("http://127.0.0.1:9/v1", "judge-7b")
+
+
 def test_demo_rejects_bad_prompt_variant(tmp_path: Path) -> None:
     from vlmtune.tasks.clarify.demo import run_demo
 

@@ -61,9 +61,10 @@ vs L3). An image-blind classifier can at best separate "phrase" (L0/L1) from "no
 
 Files written by :func:`make_clarify_dataset` (all deterministic: same seed, same bytes):
 
-* ``train.jsonl`` / ``eval.jsonl``: canonical samples (``images/<split>-NNNNN.png``).
+* ``train.jsonl`` / ``val.jsonl`` (with ``val_n``) / ``eval.jsonl``: canonical samples
+  (``images/<split>-NNNNN.png``).
 * ``abl_ambiguous.jsonl`` / ``abl_unambiguous.jsonl``: ClarifyVLM's ABL-like schema,
-  one row per L2/L3 resp. L0/L1 sample of both splits: ``image_filename`` (relative to the
+  one row per L2/L3 resp. L0/L1 sample of every split: ``image_filename`` (relative to the
   file), ``qa`` (a JSON string ``{"question", "answers": {"1": correct, "2": wrong,
   "3": wrong, "4": clarification}}``; the gold choice is "4" for ambiguous and "1" for
   unambiguous rows, as in ClarifyVLM's evaluation), ``entity_description`` (a JSON string
@@ -89,7 +90,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -99,7 +100,7 @@ from vlmtune.data.writers import write_jsonl
 
 __all__ = [
     "COLOURS", "LEVELS", "PHRASE_KINDS", "SYSTEM_PROMPTS", "TYPES", "clarify_samples",
-    "cell_labels", "count_sentence", "draw_scene", "make_clarify_dataset",
+    "cell_labels", "count_sentence", "draw_scene", "make_clarify_dataset", "scene_key",
 ]
 
 LEVELS = ("L0", "L1", "L2", "L3")
@@ -149,7 +150,7 @@ SYSTEM_PROMPTS = (
 
 def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int | None = None,
                          image_size: int = 168, prompt_variant: int = 0,
-                         counting_share: float = 0.0) -> dict[str, Path]:
+                         counting_share: float = 0.0, val_n: int = 0) -> dict[str, Path]:
     """Write the clarify task: canonical train/eval JSONL + PNGs and ABL/AQuA-like files.
 
     Args:
@@ -165,10 +166,15 @@ def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int
             (see :data:`SYSTEM_PROMPTS`); only the canonical files depend on it.
         counting_share: Expected counting questions per training image (0–1), written to
             ``counting.jsonl`` (the auxiliary task of the module docstring); 0 = no file.
+        val_n: Number of validation samples (``val.jsonl``, its own random stream, like
+            eval's), for choosing settings without looking at the eval split; 0 = none.
+
+    No scene of the eval split occurs in the train or validation split (:func:`scene_key`):
+    a drawn scene that does is replaced by the next draw.
 
     Returns:
-        ``{"train", "eval" (if written), "counting" (if written), "abl_ambiguous",
-        "abl_unambiguous", "aqua", "images"}`` -> paths.
+        ``{"train", "val" (if written), "eval" (if written), "counting" (if written),
+        "abl_ambiguous", "abl_unambiguous", "aqua", "images"}`` -> paths.
     """
     if prompt_variant not in (0, 1, 2):
         raise ValueError(f"prompt_variant must be 0, 1 or 2, got {prompt_variant!r}")
@@ -179,30 +185,34 @@ def make_clarify_dataset(out_dir: str | Path, n: int, seed: int = 0, eval_n: int
     image_dir.mkdir(parents=True, exist_ok=True)
     eval_n = max(4, n // 4) if eval_n is None else eval_n
     paths: dict[str, Path] = {}
-    rows: list[tuple[Sample, Path]] = []
-    for split, count in (("train", n), ("eval", eval_n)):
+    written: dict[str, list[Sample]] = {}
+    held_out: set[tuple] = set()  # the eval scenes, kept out of the other splits
+    for split, count in (("eval", eval_n), ("val", val_n), ("train", n)):  # eval first, see held_out
         if count <= 0:
             continue
         saved = []
         for sample in clarify_samples(count, seed=seed, image_size=image_size, split=split,
-                                      prompt_variant=prompt_variant):
+                                      prompt_variant=prompt_variant, exclude=held_out):
             path = image_dir / f"{sample.meta['id']}.png"
             sample.images[0].save(path, format="PNG", compress_level=1)  # 1.6x faster than 6, same pixels
             saved.append(Sample(messages=sample.messages, images=[path], meta=sample.meta))
-            rows.append((saved[-1], path))
+        if split == "eval":
+            held_out = {scene_key(x.meta["scene"]) for x in saved}
+        written[split] = saved
         paths[split] = out_dir / f"{split}.jsonl"
         write_jsonl(saved, paths[split], image_dir=image_dir)
         if split == "train" and counting_share > 0:
             paths["counting"] = out_dir / "counting.jsonl"
             write_jsonl(list(_counting_questions(saved, counting_share, seed)), paths["counting"],
                         image_dir=image_dir)
+    rows = [(x, x.images[0]) for split in ("train", "val", "eval") for x in written.get(split, [])]
     paths.update(_write_schema_files(rows, out_dir))
     paths["images"] = image_dir
     return paths
 
 
 def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "train",
-                    prompt_variant: int = 0) -> Iterator[Sample]:
+                    prompt_variant: int = 0, exclude: Container[tuple] = ()) -> Iterator[Sample]:
     """Generate clarify samples in memory (images are PIL images); see the module docstring.
 
     Args:
@@ -211,6 +221,8 @@ def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "
         image_size: Image side in pixels.
         split: Split name, used for the stream, ids and ``meta``.
         prompt_variant: System prompt variant (0, 1, 2).
+        exclude: :func:`scene_key` values not to draw (another split's scenes); a scene that
+            matches one is replaced by the next draw.
 
     Yields:
         Canonical samples with one image each, ending with the gold assistant turn.
@@ -221,6 +233,8 @@ def clarify_samples(n: int, seed: int = 0, image_size: int = 168, split: str = "
     system = SYSTEM_PROMPTS[prompt_variant]
     for i, level in enumerate(schedule):
         scene, kind = _feasible_scene(rng)
+        while scene_key(scene) in exclude:
+            scene, kind = _feasible_scene(rng)
         background = rng.choice(BACKGROUNDS)
         item = _question_for(rng, scene, kind, level)
         _place(rng, scene, image_size)
@@ -254,6 +268,12 @@ def _counting_questions(samples: list[Sample], share: float, seed: int) -> Itera
         meta = {"task": "counting", "split": sample.meta["split"], "id": f"{sample.meta['id']}-count",
                 "question": question, "target_type": t, "count": n}
         yield Sample(messages=messages, images=sample.images, meta=meta)
+
+
+def scene_key(scene: list[dict]) -> tuple:
+    """What makes two scenes the same scene: every shape's cell, type, colour and size (not the
+    pixel offsets inside the cells, nor the background)."""
+    return tuple(sorted((*o["cell"], o["type"], o["colour"], o["size"]) for o in scene))
 
 
 def cell_labels(scene: list[dict], rows: int, cols: int) -> tuple[list[int], list[int]]:

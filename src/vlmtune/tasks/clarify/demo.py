@@ -44,7 +44,10 @@ from rich.table import Table
 
 from vlmtune.demos import PREPASS_PROCS, StageClock, build_demo_model, warm_up_and_save
 
-__all__ = ["DemoSettings", "FAST", "FULL", "changed_responses", "run_demo", "sft_data", "warm_up_demo_vision"]
+__all__ = ["DemoSettings", "FAST", "FULL", "ValidationCurve", "changed_responses", "demo_data", "evaluate_model",
+           "grpo_recipe",
+           "grpo_rewards", "learning_curve", "reward_spread", "run_demo", "sft_data", "sft_recipe",
+           "warm_up_demo_vision"]
 
 STAGES = ("baseline", "sft", "grpo")
 LEVELS = ("L0", "L1", "L2", "L3")
@@ -55,7 +58,8 @@ class DemoSettings:
     """Everything the demo's numbers depend on (see ``FULL`` and ``FAST``)."""
 
     n_train: int = 12000
-    n_eval: int = 200
+    n_val: int = 200  # validation split: chooses settings, draws GRPO's learning curve
+    n_eval: int = 200  # held-out split: the reported numbers
     image_size: int = 168
     seed: int = 0
     # model shape (edits of the tiny Qwen2-VL config; None = factory value)
@@ -68,27 +72,31 @@ class DemoSettings:
     # vision warm-up (stands in for a pretrained vision encoder; 0 = none)
     vision_warmup_steps: int = 300
     vision_warmup_batch: int = 32
-    # SFT
+    # SFT, on the labelled set: the training split with only a share of one level's samples
+    sft_rare_level: str = "L2"
+    sft_rare_share: float = 0.1
     sft_steps: int = 600
     sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_warmup: int = 50
-    # GRPO (from the SFT weights)
-    grpo_steps: int = 10
-    grpo_lr: float = 1e-6  # TRL's and verl's default; see docs/clarify.md for larger ones
+    # GRPO from the SFT weights, on the whole training split as unlabelled prompts
+    grpo_steps: int = 80
+    grpo_lr: float = 1e-5
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 8
     grpo_temperature: float = 1.0
     grpo_max_new_tokens: int = 48
+    grpo_seed: int | None = None  # None = seed; the GRPO stage alone varies with it
+    grpo_val_every: int = 10  # validation strategic accuracy every N steps (learning curve; 0 = none)
     # eval
     eval_batch: int = 32
     eval_max_new_tokens: int = 48
 
 
 FULL = DemoSettings()
-FAST = DemoSettings(n_train=32, n_eval=16, vision_warmup_steps=2, vision_warmup_batch=4,
+FAST = DemoSettings(n_train=32, n_val=8, n_eval=16, vision_warmup_steps=2, vision_warmup_batch=4,
                     sft_steps=8, sft_batch=4, sft_warmup=2, grpo_steps=2,
-                    grpo_generations=2, grpo_prompts_per_step=2, grpo_max_new_tokens=24,
+                    grpo_generations=2, grpo_prompts_per_step=2, grpo_max_new_tokens=24, grpo_val_every=1,
                     eval_batch=16, eval_max_new_tokens=24)
 
 
@@ -118,14 +126,141 @@ class _LazyImages:
         return self.samples[i].load_images()[0]
 
 
+def demo_data(out: Path, s: DemoSettings, prompt_variant: int = 0) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Synthesize the train, validation and eval splits, then cut the two training sets
+    (:mod:`vlmtune.tasks.clarify.splits`): SFT's labelled file (``labelled``: the training
+    split with only ``sft_rare_share`` of its ``sft_rare_level`` samples) and GRPO's unlabelled
+    prompts (``prompts``: the whole training split without reference responses).
+
+    Returns:
+        The paths of :func:`make_clarify_dataset` plus ``labelled`` and ``prompts``; and the
+        sizes: labelled rows per level, prompts, validation and eval rows.
+    """
+    from vlmtune.tasks.clarify.data import make_clarify_dataset
+    from vlmtune.tasks.clarify.splits import labelled_subset, unlabelled_prompts
+
+    data = make_clarify_dataset(out, n=s.n_train, seed=s.seed, eval_n=s.n_eval, val_n=s.n_val,
+                                image_size=s.image_size, prompt_variant=prompt_variant,
+                                counting_share=s.counting_share)
+    data["labelled"], data["prompts"] = out / "sft_labelled.jsonl", out / "grpo_prompts.jsonl"
+    labelled = labelled_subset(data["train"], data["labelled"], s.sft_rare_level, s.sft_rare_share, seed=s.seed)
+    prompts = unlabelled_prompts(data["train"], data["prompts"])
+    return data, {"labelled": labelled, "prompts": prompts, "val": s.n_val, "eval": s.n_eval}
+
+
 def sft_data(data: dict[str, Path], out: Path) -> Path:
-    """The clarify training samples followed by the counting questions, in one file
+    """The labelled clarify samples followed by the counting questions, in one file
     (SFT shuffles); the image paths of both are relative to the same folder."""
     if "counting" not in data:
-        return data["train"]
+        return data["labelled"]
     with out.open("w", encoding="utf-8") as f:
-        for part in (data["train"], data["counting"]):
+        for part in (data["labelled"], data["counting"]):
             f.write(part.read_text(encoding="utf-8"))
+    return out
+
+
+def _run_options(s: DemoSettings, seed: int) -> list[str]:
+    # output.overwrite: running the demo again into the same --out replaces its runs.
+    return ["output.overwrite=true", "train.mode=full", "freeze.vision=false", "freeze.projector=false",
+            "freeze.language=false", f"train.seed={seed}", "train.max_length=1024", "train.log_every=10",
+            "train.save_every=425", "train.keep_last=4", f"data.num_proc={PREPASS_PROCS}"]
+
+
+def sft_recipe(model: Path, train: Path, out: Path, s: DemoSettings) -> Any:
+    """The demo's SFT recipe: full fine-tuning, cosine schedule, vision tower trained."""
+    from vlmtune.config import load_recipe
+
+    return load_recipe(None, [
+        f"model.path={model}", f"data.train_path={train}", f"output.dir={out}", *_run_options(s, s.seed),
+        f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
+        f"train.warmup_steps={s.sft_warmup}", "train.scheduler=cosine"])
+
+
+def grpo_recipe(model: Path, prompts: Path, out: Path, s: DemoSettings, judge: str | None = None,
+                judge_model: str = "default") -> Any:
+    """The demo's GRPO recipe: the ``aqua`` reward scored by the rule judge, or by the
+    OpenAI-compatible judge at ``judge`` (a base URL); Dr. GRPO advantages, no KL term."""
+    from vlmtune.config import load_recipe
+
+    reward = ["rewards=[{fn: aqua, kwargs: {judge: rule}}]"] if judge is None else [
+        "rewards=[{fn: aqua, kwargs: {judge: recipe}}]", f"judge.base_url={judge}", f"judge.model={judge_model}"]
+    seed = s.seed if s.grpo_seed is None else s.grpo_seed
+    return load_recipe(None, [
+        f"model.path={model}", f"data.train_path={prompts}", f"output.dir={out}", *_run_options(s, seed),
+        f"train.max_steps={s.grpo_steps}", f"train.lr={s.grpo_lr}", "train.scheduler=constant",
+        "train.log_every=1", f"grpo.num_generations={s.grpo_generations}",
+        f"grpo.prompts_per_step={s.grpo_prompts_per_step}", f"grpo.temperature={s.grpo_temperature}",
+        f"grpo.max_new_tokens={s.grpo_max_new_tokens}", "grpo.loss=dr_grpo", "grpo.scale=none", "grpo.beta=0.0",
+        *reward])
+
+
+class ValidationCurve:
+    """GRPO's learning curve on the validation split, as :func:`~vlmtune.train.grpo.run_grpo`'s
+    ``on_step`` hook: the policy's greedy strategic accuracy (rule judge) before GRPO (step
+    0, the SFT weights in ``model_dir``) and every ``every`` steps and at ``last_step``. The
+    random state is put back after each point, so drawing the curve leaves the run as it was."""
+
+    def __init__(self, val_path: Path, model_dir: Path, every: int, last_step: int, s: DemoSettings):
+        from vlmtune.data.readers import read_samples
+        from vlmtune.models.loading import load_for_inference
+
+        self.samples, _ = read_samples(val_path, require_assistant=False)
+        self.every, self.last_step, self.s = every, last_step, s
+        self.points: list[dict[str, Any]] = []
+        loaded = load_for_inference(model_dir)
+        self.processor = loaded.processor
+        self.score(0, loaded.model)
+
+    def __call__(self, step: int, policy: Any) -> dict[str, float] | None:
+        if not self.every or (step % self.every and step != self.last_step):
+            return None
+        point = self.score(step, policy)
+        return {"val/strategic_accuracy": point["strategic_accuracy"],
+                **{f"val/{lv}": v for lv, v in point["per_level"].items()}}
+
+    def score(self, step: int, model: Any) -> dict[str, Any]:
+        import torch
+
+        from vlmtune.rollout.batched import BatchedGenerator
+        from vlmtune.rollout.hf import SamplingParams
+        from vlmtune.tasks.clarify.task import ClarifyTask
+
+        params = SamplingParams(max_new_tokens=self.s.eval_max_new_tokens, do_sample=False)
+        with torch.random.fork_rng(devices=[]):
+            responses = BatchedGenerator(model, self.processor).generate(self.samples, params,
+                                                                         batch_size=self.s.eval_batch)
+        acc = ClarifyTask().score(self.samples, responses)[1]["strategic_accuracy"]
+        point = {"step": step, "strategic_accuracy": float(acc["overall"]),
+                 "per_level": {lv: float(acc["per_level"].get(lv, float("nan"))) for lv in LEVELS}}
+        self.points.append(point)
+        return point
+
+
+def learning_curve(points: list[dict], rewards: list[float]) -> list[dict[str, Any]]:
+    """One row per validation point: its step, validation strategic accuracy and the mean
+    train reward of the steps since the previous point (None at step 0). ``rewards[i]`` is
+    step ``i + 1``'s mean reward."""
+    rows, prev = [], 0
+    for p in points:
+        window = [r for r in rewards[prev:p["step"]] if not math.isnan(r)]
+        rows.append({"step": p["step"], "val_accuracy": p["strategic_accuracy"],
+                     "val_per_level": p["per_level"],
+                     "train_reward": round(sum(window) / len(window), 4) if window else None})
+        prev = p["step"]
+    return rows
+
+
+def reward_spread(run_dir: Path, prompts_per_step: int) -> dict[str, float]:
+    """Means over a GRPO run's steps of what its metrics say about the reward's spread inside
+    groups: ``spread/*`` (the total and each logged component, :func:`~vlmtune.train.grpo.reward_spreads`)
+    and the share of groups with no spread at all."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "reward_mean" in r]
+    keys = sorted({k for r in rows for k in r if k.startswith("spread/")})
+    out = {k.removeprefix("spread/"): round(sum(r[k] for r in rows if k in r) / sum(k in r for r in rows), 4)
+           for k in keys}
+    groups = sum(r.get("groups_zero_spread", 0) for r in rows)
+    out["zero_spread_groups"] = round(groups / max(1, len(rows) * prompts_per_step), 4)
     return out
 
 
@@ -146,7 +281,9 @@ def _reward_mean(eval_dir: Path, data_path: Path) -> float:
     return sum(valid) / len(valid) if valid else float("nan")
 
 
-def _evaluate(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -> tuple[list[dict], dict]:
+def evaluate_model(model: Path, data: Path, out: Path, s: DemoSettings, title: str) -> tuple[list[dict], dict]:
+    """Score ``model`` on ``data`` as the demo scores a stage (greedy, rule judge): the
+    prediction records and metrics, also written to ``out``."""
     from vlmtune.eval.run import run_eval
 
     metrics = run_eval(model, data, task="clarify", out_dir=out, batch_size=s.eval_batch,
@@ -180,7 +317,8 @@ def _stage_summary(metrics: dict, reward: float, seconds: float) -> dict[str, An
 def _table(summary: dict, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stage")
-    table.caption = "reward: mean aqua reward; answer: target colour stated (L0/L1); s: stage seconds"
+    table.caption = ("reward: mean aqua reward; answer: target colour stated (L0/L1); s: stage seconds; "
+                     "gain: grpo - sft, in points")
     for col in (*LEVELS, "overall", "reward", "answer", "s"):
         table.add_column(col, justify="right")
     for stage in STAGES:
@@ -190,11 +328,16 @@ def _table(summary: dict, title: str) -> Table:
         answer = "–" if math.isnan(row["answer_accuracy"]) else f"{100 * row['answer_accuracy']:.1f}%"
         table.add_row(stage, *pct, f"{100 * row['strategic_accuracy']:.1f}%", f"{row['reward_mean']:.3f}",
                       answer, f"{row['seconds']:.0f}")
+    gain = summary.get("gain")
+    if gain:  # in points of accuracy
+        table.add_row("[bold]gain[/]", *(f"{100 * gain['per_level'][lv]:+.1f}" for lv in LEVELS),
+                      f"[bold]{100 * gain['strategic_accuracy']:+.1f}[/]", f"{gain['reward_mean']:+.3f}", "", "",
+                      end_section=False)
     return table
 
 
-def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
-             settings: DemoSettings | None = None) -> dict:
+def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0, settings: DemoSettings | None = None,
+             judge: str | None = None, judge_model: str = "default") -> dict:
     """Run the whole demo into ``out``; returns the summary written to ``out/summary.json``.
 
     Args:
@@ -202,10 +345,12 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
         fast: A ~1-minute smoke version (tiny data, a few steps); numbers are meaningless.
         prompt_variant: System prompt of the data: 0 none, 1 short rule, 2 long rule.
         settings: Override :data:`FULL` / :data:`FAST` (experiments).
+        judge: Base URL of an OpenAI-compatible judge for GRPO's reward (None: the offline
+            rule judge); the evaluations always use the rule judge, so stages stay comparable.
+        judge_model: The model name sent to that judge.
     """
-    from vlmtune.config import load_recipe
     from vlmtune.eval.report import write_report
-    from vlmtune.tasks.clarify.data import make_clarify_dataset
+    from vlmtune.tasks.clarify.report import grpo_curve_section
     from vlmtune.tasks.clarify.task import ClarifyTask
     from vlmtune.train.grpo import run_grpo
     from vlmtune.train.sft import run_sft
@@ -217,11 +362,12 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     out.mkdir(parents=True, exist_ok=True)
 
     tick = time.perf_counter()
-    console.print(f"[bold]1/6[/] synthesizing {s.n_train} + {s.n_eval} clarify samples ({s.image_size} px, "
-                  f"prompt variant {prompt_variant})")
-    data = make_clarify_dataset(out / "data", n=s.n_train, seed=s.seed, eval_n=s.n_eval,
-                                image_size=s.image_size, prompt_variant=prompt_variant,
-                                counting_share=s.counting_share)
+    console.print(f"[bold]1/6[/] synthesizing {s.n_train} training, {s.n_val} validation and {s.n_eval} held-out "
+                  f"clarify samples ({s.image_size} px, prompt variant {prompt_variant})")
+    data, sizes = demo_data(out / "data", s, prompt_variant)
+    console.print(f"  SFT's labelled set: {sum(sizes['labelled'].values())} samples, {sizes['labelled']} "
+                  f"({s.sft_rare_level} kept at {s.sft_rare_share:.0%}); GRPO's prompts: {sizes['prompts']}, "
+                  "balanced, no reference responses")
     model = build_demo_model(out / "tiny-qwen2_vl", s)
     tick = mark("setup", tick)
     warmup: dict[str, Any] = {}
@@ -238,7 +384,7 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
 
     def evaluate(stage: str, model_dir: Path, since: float) -> float:
         tick = time.perf_counter()
-        records, metrics = _evaluate(model_dir, data["eval"], out / "eval" / stage, s, f"demo: {stage}")
+        records, metrics = evaluate_model(model_dir, data["eval"], out / "eval" / stage, s, f"demo: {stage}")
         stages[stage] = (records, metrics)
         reward = _reward_mean(out / "eval" / stage, data["eval"])
         now = mark(f"eval_{stage}", tick)
@@ -252,52 +398,62 @@ def run_demo(out: Path, fast: bool = False, prompt_variant: int = 0,
     console.print("[bold]2/6[/] baseline eval (language model still random)")
     tick = evaluate("baseline", model, tick)
 
-    console.print(f"[bold]3/6[/] SFT: {s.sft_steps} steps x {s.sft_batch} samples, lr {s.sft_lr}, full, "
-                  "vision tower trained" + ("; clarify samples + counting questions" if s.counting_share else ""))
-    sft_train = sft_data(data, out / "data" / "sft_train.jsonl")
-    # output.overwrite: running the demo again into the same --out replaces its runs.
-    common = ["output.overwrite=true", "train.mode=full", "freeze.vision=false", "freeze.projector=false",
-              "freeze.language=false", f"train.seed={s.seed}", "train.max_length=1024", "train.log_every=10",
-              "train.save_every=425", "train.keep_last=4", f"data.num_proc={PREPASS_PROCS}"]
-    sft_recipe = load_recipe(None, [
-        f"model.path={model}", f"data.train_path={sft_train}", f"output.dir={out / 'sft'}", *common,
-        f"train.max_steps={s.sft_steps}", f"train.batch_size={s.sft_batch}", f"train.lr={s.sft_lr}",
-        f"train.warmup_steps={s.sft_warmup}", "train.scheduler=cosine"])
-    sft_summary = run_sft(sft_recipe, show_progress=True)
+    console.print(f"[bold]3/6[/] SFT on the labelled set: {s.sft_steps} steps x {s.sft_batch} samples, "
+                  f"lr {s.sft_lr}, full, vision tower trained"
+                  + ("; clarify samples + counting questions" if s.counting_share else ""))
+    sft_summary = run_sft(sft_recipe(model, sft_data(data, out / "data" / "sft_train.jsonl"), out / "sft", s),
+                          show_progress=True)
     mark("sft", tick)
     tick = evaluate("sft", out / "sft" / "final", tick)
 
-    console.print(f"[bold]5/6[/] GRPO from the SFT weights: {s.grpo_steps} steps x {s.grpo_prompts_per_step} "
-                  f"prompts x {s.grpo_generations} completions, aqua reward with the rule judge")
-    grpo_recipe = load_recipe(None, [
-        f"model.path={out / 'sft' / 'final'}", f"data.train_path={data['train']}", f"output.dir={out / 'grpo'}",
-        *common, f"train.max_steps={s.grpo_steps}", f"train.lr={s.grpo_lr}", "train.scheduler=constant",
-        "train.log_every=1", f"grpo.num_generations={s.grpo_generations}",
-        f"grpo.prompts_per_step={s.grpo_prompts_per_step}", f"grpo.temperature={s.grpo_temperature}",
-        f"grpo.max_new_tokens={s.grpo_max_new_tokens}", "grpo.loss=dr_grpo", "grpo.scale=none", "grpo.beta=0.0",
-        "rewards=[{fn: aqua, kwargs: {judge: rule}}]"])
-    grpo_summary = run_grpo(grpo_recipe, show_progress=True)
+    console.print(f"[bold]5/6[/] GRPO from the SFT weights on the unlabelled prompts: {s.grpo_steps} steps x "
+                  f"{s.grpo_prompts_per_step} prompts x {s.grpo_generations} completions, lr {s.grpo_lr}, "
+                  f"aqua reward with {'the rule judge' if judge is None else 'the judge at ' + judge}; "
+                  f"validation accuracy every {s.grpo_val_every} steps")
+    curve = ValidationCurve(data["val"], out / "sft" / "final", s.grpo_val_every, s.grpo_steps, s)
+    grpo_summary = run_grpo(grpo_recipe(out / "sft" / "final", data["prompts"], out / "grpo", s, judge, judge_model),
+                            show_progress=True, on_step=curve)
     mark("grpo", tick)
     evaluate("grpo", out / "grpo" / "final", tick)
 
+    rewards = grpo_rewards(out / "grpo")
+    summary["gain"] = _gain(summary["sft"], summary["grpo"])
+    summary["grpo_learning_curve"] = learning_curve(curve.points, rewards)
+    summary["grpo_reward_spread"] = reward_spread(out / "grpo", s.grpo_prompts_per_step)
     write_report(out / "report", {k: stages[k] for k in STAGES}, task=ClarifyTask(),
-                 title="vlmtune demo: baseline vs SFT vs SFT+GRPO (tiny Qwen2-VL, clarify task)")
+                 title="vlmtune demo: baseline vs SFT vs SFT+GRPO (tiny Qwen2-VL, clarify task)",
+                 sections=[grpo_curve_section(summary["grpo_learning_curve"], summary["grpo_reward_spread"])])
     summary["wall_seconds"] = clock.wall()
     summary["timings"] = clock.timings
-    summary["settings"] = {**asdict(s), "fast": fast, "prompt_variant": prompt_variant}
+    summary["settings"] = {**asdict(s), "fast": fast, "prompt_variant": prompt_variant, "judge": judge}
+    summary["data"] = sizes
     summary["train"] = {"vision_warmup": warmup, "sft_loss_last": sft_summary.get("train_loss_last"),
                         "sft_eval_loss": sft_summary.get("eval_loss"),
                         "grpo_train_reward_last": grpo_summary.get("reward_mean_last"),
-                        "grpo_train_reward_curve": _grpo_rewards(out / "grpo")}
+                        "grpo_train_reward_curve": rewards}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
     console.print(_table(summary, f"Strategic accuracy on {s.n_eval} held-out samples (tiny Qwen2-VL, CPU)"))
+    spread = summary["grpo_reward_spread"]
+    console.print("GRPO reward spread inside groups (mean std): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in spread.items() if k != "zero_spread_groups")
+        + f"; groups with no spread {100 * spread['zero_spread_groups']:.0f}%")
+    console.print("GRPO validation accuracy by step: " + ", ".join(
+        f"{r['step']}: {100 * r['val_accuracy']:.1f}%" for r in summary["grpo_learning_curve"]))
     console.print(f"done in {summary['wall_seconds']:.0f} s; report {out / 'report' / 'index.html'}, "
                   f"summary {out / 'summary.json'}")
     return summary
 
 
-def _grpo_rewards(run_dir: Path) -> list[float]:
+def _gain(before: dict, after: dict) -> dict[str, Any]:
+    """``after`` minus ``before``: strategic accuracy (overall and per level) and reward."""
+    return {"strategic_accuracy": round(after["strategic_accuracy"] - before["strategic_accuracy"], 4),
+            "per_level": {lv: round(after["per_level"][lv] - before["per_level"][lv], 4) for lv in LEVELS},
+            "reward_mean": round(after["reward_mean"] - before["reward_mean"], 4)}
+
+
+def grpo_rewards(run_dir: Path) -> list[float]:
+    """The mean train reward of every logged step of a GRPO run (``metrics.jsonl``)."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []

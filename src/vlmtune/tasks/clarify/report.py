@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from vlmtune.eval.report import OVERALL, Cell, Section, Table, bar_chart, fmt, level_key
+from vlmtune.eval.report import OVERALL, Cell, Section, Table, bar_chart, fmt, level_key, line_chart
 
-__all__ = ["CLARIFYVLM_CHART", "confusion", "level_table", "report_sections"]
+__all__ = ["CLARIFYVLM_CHART", "confusion", "grpo_curve_section", "level_table", "report_sections"]
 
 Stages = dict[str, tuple[list[dict], dict]]
 CLARIFYVLM_CHART = ("em", "f1", "rouge1", "rouge_l", "rta", "factual_pass")
@@ -97,3 +97,24 @@ def report_sections(stages: Stages) -> list[Section]:
         sections.append(Section("Confusion matrix", tables=confusions, side_by_side=True,
                                 note='rows gold strategy, columns predicted; "none" = no strategy or judge failure'))
     return sections
+
+
+def grpo_curve_section(curve: list[dict], spread: dict[str, float]) -> Section:
+    """GRPO's learning curve (rows of :func:`vlmtune.tasks.clarify.demo.learning_curve`): the
+    validation strategic accuracy and the mean train reward since the previous point, as a
+    line chart and a table per level; and the reward's spread inside groups, per component."""
+    steps = [r["step"] for r in curve]
+    chart = line_chart(steps, {"validation strategic accuracy": [r["val_accuracy"] for r in curve],
+                               "train reward (mean since the previous point)": [r["train_reward"] for r in curve]},
+                       y_label="accuracy / reward", x_label="GRPO step")
+    levels = sorted({lv for r in curve for lv in r["val_per_level"]}, key=level_key)
+    rows = [[Cell(str(r["step"])), Cell(fmt(r["train_reward"])), Cell(fmt(r["val_accuracy"]), cls="strong"),
+             *(Cell(fmt(r["val_per_level"][lv])) for lv in levels)] for r in curve]
+    table = Table(header=[[Cell("step"), Cell("train reward"), Cell("validation"), *(Cell(lv) for lv in levels)]],
+                  rows=rows, id="grpo-curve", caption="learning curve")
+    spreads = Table(header=[[Cell("part of the reward"), Cell("mean std inside groups")]],
+                    rows=[[Cell("groups with no spread (share)"), Cell(f"{100 * v:.1f}%")] if k == "zero_spread_groups"
+                          else [Cell(k), Cell(fmt(v))] for k, v in spread.items()],
+                    id="reward-spread", caption="what the policy is pushed on")
+    return Section("GRPO learning curve", tables=[table, spreads], side_by_side=True, line_chart=chart,
+                   note="validation split, greedy; train reward over the sampled completions")

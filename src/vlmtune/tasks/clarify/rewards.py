@@ -59,7 +59,14 @@ def aqua(completions: Sequence, level: Sequence | None = None, facts: Sequence |
          strategy_template: str = "aqua_strategy.txt",
          distortion_template: str = "aqua_distortion.txt", **kwargs: Any) -> list[float | None]:
     """Strategy-level reward: 1 right level & no distortion, 1 − ``lam`` right level with
-    distortion, 0 wrong level; judge failure -> ``judge.failure_reward()``; no gold -> None."""
+    distortion, 0 wrong level; judge failure -> ``judge.failure_reward()``; no gold -> None.
+
+    Given TRL's ``log_extra`` (the GRPO engine passes it), the reward's two components go to
+    the step's sample columns, one value per completion, summing to the reward:
+    ``aqua/strategy`` (1 right level, 0 wrong) and ``aqua/distortion`` (−``lam`` for a
+    distorted answer at the right level, else 0); None where the reward is not theirs. The
+    engine logs each one's spread inside groups (``spread/aqua/strategy``, ...): what the
+    policy is pushed on."""
     n = len(completions)
     golds = [normalize_level(x) for x in _column("level", level, n, "aqua")]
     facts = _column("facts", facts, n, "aqua")
@@ -70,13 +77,21 @@ def aqua(completions: Sequence, level: Sequence | None = None, facts: Sequence |
                              ("distortion", distortion_template, parse_pass_fail)],
                             {"facts": facts, "level": golds})
     out: list[float | None] = [None] * n
+    strategy_part: list[float | None] = [None] * n  # the two components, out = their sum
+    distortion_part: list[float | None] = [None] * n
     for s, p, i in zip(strategy, passed, rows):
         if s is not None and int(s) != golds[i]:
-            out[i] = 0.0
+            out[i], strategy_part[i], distortion_part[i] = 0.0, 0.0, 0.0
         elif s is None or p is None:
             out[i] = j.failure_reward()
         else:
-            out[i] = 1.0 if p >= 0.5 else 1.0 - lam
+            distorted = p < 0.5
+            out[i] = 1.0 - lam if distorted else 1.0
+            strategy_part[i], distortion_part[i] = 1.0, (-lam if distorted else 0.0)
+    log_extra = kwargs.get("log_extra")
+    if log_extra is not None:
+        log_extra("aqua/strategy", strategy_part)
+        log_extra("aqua/distortion", distortion_part)
     return out
 
 

@@ -96,11 +96,14 @@ class ClarifyTask:
 
         return report_sections(stages)
 
-    def demo(self, out: Path, *, fast: bool = False, prompt_variant: int = 0, settings: Any = None) -> dict:
-        """``vlmtune demo``: synth -> vision warm-up -> baseline -> SFT -> GRPO (:mod:`.demo`)."""
+    def demo(self, out: Path, *, fast: bool = False, prompt_variant: int = 0, settings: Any = None,
+             judge: str | None = None, judge_model: str = "default") -> dict:
+        """``vlmtune demo``: synth -> vision warm-up -> baseline -> SFT on a skewed labelled set ->
+        GRPO on unlabelled prompts scored by the judge (:mod:`.demo`)."""
         from vlmtune.tasks.clarify.demo import run_demo
 
-        return run_demo(Path(out), fast=fast, prompt_variant=prompt_variant, settings=settings)
+        return run_demo(Path(out), fast=fast, prompt_variant=prompt_variant, settings=settings, judge=judge,
+                        judge_model=judge_model)
 
     def score(self, samples: Sequence[Sample], responses: Sequence[str]) -> tuple[list[dict], dict]:
         check_lengths(samples, responses)
