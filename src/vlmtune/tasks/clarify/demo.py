@@ -221,14 +221,14 @@ class ValidationCurve:
     def score(self, step: int, model: Any) -> dict[str, Any]:
         import torch
 
-        from vlmtune.rollout.batched import BatchedGenerator
-        from vlmtune.rollout.hf import SamplingParams
+        from vlmtune.rollout.generator import SamplingParams, first_texts
+        from vlmtune.rollout.hf import HFGenerator
         from vlmtune.tasks.clarify.task import ClarifyTask
 
         params = SamplingParams(max_new_tokens=self.s.eval_max_new_tokens, do_sample=False)
         with torch.random.fork_rng(devices=[]):
-            responses = BatchedGenerator(model, self.processor).generate(self.samples, params,
-                                                                         batch_size=self.s.eval_batch)
+            generator = HFGenerator(model, self.processor, batch_size=self.s.eval_batch)
+            responses = first_texts(generator.generate(self.samples, params))
         acc = ClarifyTask().score(self.samples, responses)[1]["strategic_accuracy"]
         point = {"step": step, "strategic_accuracy": float(acc["overall"]),
                  "per_level": {lv: float(acc["per_level"].get(lv, float("nan"))) for lv in LEVELS}}
