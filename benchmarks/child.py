@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,20 @@ def run_child(args: list[str], result: Path) -> dict[str, Any]:
     return {**json.loads(result.read_text()), "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
 
 
-def clock_vlmtune_steps() -> dict[int, float]:
-    """Note when vlmtune logs each step (seconds since the process started): a step is
-    logged as soon as its optimizer step is done (with ``train.log_every=1``)."""
+def clock_vlmtune_steps() -> tuple[dict[int, float], dict[int, float]]:
+    """Note when vlmtune logs each step (seconds since the process started, and the
+    process's CPU seconds): a step is logged as soon as its optimizer step is done (with
+    ``train.log_every=1``)."""
     from vlmtune.train.run import Run
 
+    cpu: dict[int, float] = {}
     logged: dict[int, float] = {}
     log = Run.log
 
     def clocked_log(self, step, metrics):
         logged.setdefault(step, since_start())
+        cpu.setdefault(step, time.process_time())
         return log(self, step, metrics)
 
     Run.log = clocked_log
-    return logged
+    return logged, cpu

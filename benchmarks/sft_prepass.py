@@ -56,7 +56,7 @@ def child(model: Path, data: Path, out: Path, num_proc: int, result: Path) -> No
     import vlmtune.train.sft as sft
     from vlmtune.config import load_recipe
 
-    logged = clock_vlmtune_steps()
+    logged, _ = clock_vlmtune_steps()
     spans: dict[str, float] = {}
     load = sft.load_datasets
 

@@ -26,6 +26,8 @@ and reports each figure's median.
   TRL: ``on_train_begin`` to the last ``on_step_end``.
 - time to first step: from the process start to the end of the first optimizer step (model
   loading, data checks and tokenization, and the step itself).
+- CPU s/step: the process's CPU seconds (all threads) over steps 2-12, per step; steadier than
+  wall time when other processes share the cores.
 - peak RSS: the child process's largest resident set size.
 - FLOP/s share: vlmtune's training FLOPs (its compute report, per part of the model) per
   second of its steps, against this machine's dense float32 matmul rate, measured in this
@@ -136,7 +138,7 @@ def side_vlmtune(work: Path) -> dict:
     from vlmtune.config import load_recipe
     from vlmtune.train.sft import run_sft
 
-    logged = clock_vlmtune_steps()
+    logged, cpu = clock_vlmtune_steps()
     run_dir = work / "run-vlmtune"
     recipe = load_recipe(None, [
         f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'train.jsonl'}", f"output.dir={run_dir}",
@@ -147,7 +149,7 @@ def side_vlmtune(work: Path) -> dict:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     compute = summary["compute"]
     return {"train_seconds": sum(r["step_seconds"] for r in rows), "tokens": compute["train_tokens"],
-            "first_step_end": logged[1],
+            "first_step_end": logged[1], "cpu_after_first": cpu[STEPS] - cpu[1],
             "losses": [r["loss"] for r in rows], "train_flops": compute["flops_estimate"],
             "trainable": summary["trainable_params"], "packing": summary["packing"]}
 
@@ -160,12 +162,14 @@ def side_trl(work: Path) -> dict:
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.stamps: list[float] = []
+            self.cpu: list[float] = []
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             if len(self.stamps) == 2:
                 self.first_step_end = since_start()
 
@@ -184,7 +188,7 @@ def side_trl(work: Path) -> dict:
     trainer.train()
     logs = [r for r in trainer.state.log_history if "loss" in r]
     return {"train_seconds": clock.stamps[-1] - clock.stamps[0], "tokens": int(logs[-1]["num_tokens"]),
-            "first_step_end": clock.first_step_end, "losses": [r["loss"] for r in logs],
+            "first_step_end": clock.first_step_end, "cpu_after_first": clock.cpu[-1] - clock.cpu[0], "losses": [r["loss"] for r in logs],
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
@@ -225,6 +229,7 @@ def main() -> None:
     fig = {side: {"tokens_per_s": statistics.median(r["tokens"] / r["train_seconds"] for r in rs),
                   "s_per_step": med(side, "train_seconds") / STEPS, "peak_rss_gb": med(side, "peak_rss_gb"),
                   "first_step_s": med(side, "first_step_end"), "tokens": med(side, "tokens"),
+                  "cpu_s_per_step": med(side, "cpu_after_first") / (STEPS - 1),
                   "loss_last": statistics.median(r["losses"][-1] for r in rs)}
            for side, rs in runs.items()}
     v, t = fig["vlmtune"], fig["trl"]
@@ -232,14 +237,16 @@ def main() -> None:
     print(f"\nSFT, Qwen2-VL {runs['vlmtune'][0]['trainable'] / 1e6:.1f} M parameters (all trained), {N_SAMPLES} mixed "
           f"samples, batch {BATCH}, {STEPS} steps, fp32, {runs['vlmtune'][0]['threads']} torch threads, "
           f"{args.pairs} run(s) of each (medians); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'':22}{'vlmtune':>12}{'TRL':>12}")
+    print(f"{'':24}{'vlmtune':>12}{'TRL':>12}")
     for label, key, f in [("tokens/s", "tokens_per_s", "{:.0f}"), ("s/step", "s_per_step", "{:.3f}"),
+                          ("CPU s/step, steps 2-12", "cpu_s_per_step", "{:.2f}"),
                           ("peak RSS (GB)", "peak_rss_gb", "{:.2f}"), ("time to 1st step (s)", "first_step_s", "{:.1f}"),
                           ("tokens in the epoch", "tokens", "{:.0f}"), ("loss, last step", "loss_last", "{:.4f}")]:
-        print(f"{label:22}{f.format(v[key]):>12}{f.format(t[key]):>12}")
+        print(f"{label:24}{f.format(v[key]):>12}{f.format(t[key]):>12}")
     print(f"vlmtune achieved {fmt_rate(achieved)} of training FLOPs = {100 * achieved / peak_flops:.1f}% of this "
           f"machine's dense fp32 matmul rate ({fmt_rate(peak_flops)}); vlmtune packing: {runs['vlmtune'][0]['packing']}")
     ratios = {"tokens_per_s_vlmtune_over_trl": v["tokens_per_s"] / t["tokens_per_s"],
+              "cpu_per_step_trl_over_vlmtune": t["cpu_s_per_step"] / v["cpu_s_per_step"],
               "peak_rss_vlmtune_over_trl": v["peak_rss_gb"] / t["peak_rss_gb"],
               "first_step_vlmtune_over_trl": v["first_step_s"] / t["first_step_s"]}
     print(json.dumps({"vlmtune": v, "trl": t, "matmul_flops": peak_flops, "vlmtune_flops_per_s": achieved,
