@@ -51,44 +51,14 @@ from pathlib import Path
 
 import torch
 
+from bench_model import build_model, fmt_rate, matmul_flops
 from child import clock_vlmtune_steps, run_child, since_start
 
 HERE = Path(__file__).resolve()
 STEPS, BATCH, LR, N_SAMPLES = 12, 8, 1e-4, 96
-TEXT = dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
-            intermediate_size=1536)
-MROPE = [8, 12, 12]
-VISION = dict(depth=4, embed_dim=256, num_heads=4, patch_size=14, spatial_merge_size=2)
-MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224
 
 
 # --------------------------------------------------------------------------- set-up (parent)
-def build_model(out: Path, seed: int = 0) -> Path:
-    """The tiny factory's Qwen2-VL folder (tokenizer, chat template, processor), reshaped to
-    the benchmark's sizes and re-initialised with ``seed``."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from vlmtune.models.tiny import make_tiny
-
-    make_tiny("qwen2_vl", out, seed=seed)
-    cfg = json.loads((out / "config.json").read_text())
-    text, vision = cfg["text_config"], cfg["vision_config"]
-    text.update(TEXT, layer_types=["full_attention"] * TEXT["num_hidden_layers"])
-    text["rope_parameters"]["mrope_section"] = MROPE
-    vision.update(VISION, hidden_size=TEXT["hidden_size"])  # the merger's output width = the text width
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    proc = json.loads((out / "processor_config.json").read_text())
-    for key in ("image_processor", "video_processor"):
-        proc[key]["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
-    (out / "processor_config.json").write_text(json.dumps(proc, indent=2))
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
-    for f in out.glob("model*.safetensors*"):
-        f.unlink()
-    model.save_pretrained(out)
-    return out
-
-
 def build_data(out: Path, n: int = N_SAMPLES, seed: int = 0) -> Path:
     """``n`` canonical samples: 1-3 images (squares of 112-224 px, a shape drawn on each), a
     question, an answer of 4-120 words from the tiny tokenizer's vocabulary."""
@@ -113,18 +83,6 @@ def build_data(out: Path, n: int = N_SAMPLES, seed: int = 0) -> Path:
     path = out / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
-    """This machine's dense float32 matmul rate (FLOP/s), best of repeated ``torch.mm``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        tick = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - tick))
-    return best
 
 
 def run_side(side: str, work: Path, index: int) -> dict:
@@ -193,10 +151,6 @@ def side_trl(work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def fmt_rate(x: float) -> str:
-    return f"{x / 1e9:.2f} GFLOP/s"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")

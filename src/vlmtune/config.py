@@ -340,8 +340,9 @@ class GenerationConfig(_Section):
     backend: Annotated[str, AfterValidator(pydantic_check(GENERATORS))] = Field(
         "hf", description=f"Generation backend: {GENERATORS.describe()} (docs/extending.md).")
     batch_size: int | None = Field(
-        None, ge=1, description="Prompts per generation call; None = the verb's default: 1 for grpo (each prompt's "
-                                "G completions in one call), 64 for grpo with env.name (a turn of every live "
+        None, ge=1, description="Prompts per generation call; None = the verb's default: grpo.prompts_per_step for "
+                                "grpo (each prompt and its images run once, its G completions decoded with all "
+                                "the step's others), 64 for grpo with env.name (a turn of every live "
                                 "episode), 8 for eval and agent.")
     options: dict[str, Any] = Field(default_factory=dict, description="The backend's own keyword arguments.")
 
