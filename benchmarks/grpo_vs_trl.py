@@ -3,8 +3,8 @@ each in a process of its own, on the issue-17 Qwen2-VL (:mod:`bench_model`).
 
     HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--pairs 1] [--steps 8] [--out DIR]
 
-Setup (issue 17): 16 one-image prompts (a shape drawn on a square of 112 to 224 px, a question
-about it; seeded); each step samples 2 prompts x G = 8 completions of at most 32 new tokens at
+Setup (issue 17): 16 one-image prompts (a shape drawn on a 168 px square, a question about it;
+seeded); each step samples 2 prompts x G = 8 completions of at most 32 new tokens at
 temperature 1 (no top-k, top-p 1), scores them with one rule reward (:func:`length_reward`,
 the same function for both tools: TRL's reward signature is vlmtune's), takes group-relative
 advantages and one optimizer step: AdamW at a constant lr of 1e-4, gradients clipped to norm
@@ -54,19 +54,23 @@ from child import clock_vlmtune_steps, run_child
 
 HERE = Path(__file__).resolve()
 PROMPTS, PER_STEP, G, NEW_TOKENS, LR = 16, 2, 8, 32, 1e-4
+# One image size for all prompts: with two sizes in a batch, TRL 1.16's log-prob pass (under
+# transformers 5.24) pairs a row's image tokens with another row's image grid and fails.
+IMAGE_SIZE = 168
 QUESTION = "What shape is in the picture, and what colour is it?"
 
 
 def length_reward(prompts: list, completions: list, **kwargs) -> list[float]:
-    """A rule reward with a spread inside every group: how close a completion's text is to 40
-    characters, in [-1, 0]. Works as a vlmtune reward and as a TRL reward function."""
-    return [-min(abs(len(c[0]["content"]) - 40) / 40, 1.0) for c in completions]
+    """A rule reward with a spread inside every group: how close a completion's text is to 100
+    characters (32 tokens of this vocabulary are 80-130). Works as a vlmtune reward and as a TRL
+    reward function."""
+    return [-abs(len(c[0]["content"]) - 100) / 100 for c in completions]
 
 
 # --------------------------------------------------------------------------- set-up (parent)
 def build_prompts(out: Path, n: int = PROMPTS, seed: int = 0) -> Path:
-    """``n`` one-image prompts (a shape on a square of 112-224 px and a question) as canonical
-    samples without an answer."""
+    """``n`` one-image prompts (a shape on a square of ``IMAGE_SIZE`` px and a question) as
+    canonical samples without an answer."""
     from vlmtune.data.builtin import COLOURS, SHAPES, draw_shape
 
     rng = random.Random(seed)
@@ -74,7 +78,7 @@ def build_prompts(out: Path, n: int = PROMPTS, seed: int = 0) -> Path:
     rows = []
     for i in range(n):
         path = out / "images" / f"{i:03d}.png"
-        draw_shape(rng, rng.choice(SHAPES), COLOURS[rng.choice(list(COLOURS))], rng.randint(112, 224)).save(path)
+        draw_shape(rng, rng.choice(SHAPES), COLOURS[rng.choice(list(COLOURS))], IMAGE_SIZE).save(path)
         rows.append({"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
                      "images": [str(path)]})
     path = out / "prompts.jsonl"
@@ -111,7 +115,7 @@ def side_vlmtune(work: Path, steps: int) -> dict:
             "update_seconds": [r.get("time/update", 0.0) for r in timed],
             "completion_len": statistics.mean(r["completion_len_mean"] for r in rows),
             "flops": summary["compute"]["flops_estimate"], "all_seconds": sum(r["step_seconds"] for r in rows),
-            "trainable": summary["trainable_params"], "first_step_end": logged[1]}
+            "first_step_end": logged[1]}
 
 
 def side_trl(work: Path, steps: int) -> dict:
@@ -134,12 +138,16 @@ def side_trl(work: Path, steps: int) -> dict:
     data = Dataset.from_dict({"prompt": [r["messages"] for r in rows], "image": [r["images"][0] for r in rows]})
     data = data.cast_column("image", Image())  # decoded when a row is read, as vlmtune does
     model = AutoModelForImageTextToText.from_pretrained(work / "model", dtype=torch.float32)
+    # A random model samples any token; a sampled image or vision-start token makes transformers'
+    # mRoPE index (which TRL's log-prob pass recomputes over prompt + completion) fail. vlmtune's
+    # passes place completions after the prompt's positions and never re-read them as images.
+    vision_ids = [getattr(model.config, f"{k}_token_id") for k in ("image", "video", "vision_start", "vision_end")]
     config = GRPOConfig(
         output_dir=str(work / "run-trl"), per_device_train_batch_size=PER_STEP * G, num_generations=G,
         max_completion_length=NEW_TOKENS, beta=0.0, loss_type="grpo", temperature=1.0, top_p=1.0, top_k=0,
         max_steps=steps, learning_rate=LR, lr_scheduler_type="constant", max_grad_norm=1.0,
         gradient_checkpointing=False, bf16=False, use_vllm=False, logging_steps=1, report_to=[],
-        save_strategy="no", seed=0, disable_tqdm=True)
+        save_strategy="no", seed=0, disable_tqdm=True, generation_kwargs={"suppress_tokens": vision_ids})
     clock = StepClock()
     trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=config, train_dataset=data,
                           processing_class=AutoProcessor.from_pretrained(work / "model"), callbacks=[clock])
@@ -148,8 +156,7 @@ def side_trl(work: Path, steps: int) -> dict:
     logs = [r for r in trainer.state.log_history if "loss" in r]
     return {"step_seconds": [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])],  # steps 2..N
             "cpu_seconds": clock.cpu[-1] - clock.cpu[1],
-            "completion_len": statistics.mean(r.get("completions/mean_length", float("nan")) for r in logs),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            "completion_len": statistics.mean(r.get("completions/mean_length", float("nan")) for r in logs)}
 
 
 # --------------------------------------------------------------------------- report
@@ -196,7 +203,7 @@ def main() -> None:
                   "completion_len": statistics.median(r["completion_len"] for r in rs)}
            for side, rs in runs.items()}
     first = next(iter(runs.values()))[0]
-    print(f"\nGRPO, Qwen2-VL {first['trainable'] / 1e6:.1f} M parameters (all trained), {PROMPTS} one-image prompts, "
+    print(f"\nGRPO, the issue-17 Qwen2-VL (all parameters trained), {PROMPTS} one-image prompts, "
           f"{PER_STEP} prompts x G {G} per step, {NEW_TOKENS} new tokens at most, beta 0, fp32, {first['threads']} "
           f"torch threads, steps 2-{args.steps} of {args.steps}, {args.pairs} run(s) of each (medians); load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
