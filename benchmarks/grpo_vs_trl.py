@@ -1,7 +1,7 @@
 """GRPO side by side with TRL's ``GRPOTrainer``: seconds per step and peak memory of each tool,
 each in a process of its own, on the issue-17 Qwen2-VL (:mod:`bench_model`).
 
-    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--pairs 1] [--steps 8] [--out DIR]
+    HF_HUB_OFFLINE=1 python benchmarks/grpo_vs_trl.py [--pairs 1] [--steps 8] [--threads N] [--out DIR]
 
 Setup (issue 17): 16 one-image prompts (a shape drawn on a 168 px square, a question about it;
 seeded); each step samples 2 prompts x G = 8 completions of at most 32 new tokens at
@@ -86,11 +86,12 @@ def build_prompts(out: Path, n: int = PROMPTS, seed: int = 0) -> Path:
     return path
 
 
-def run_side(side: str, work: Path, index: int, steps: int) -> dict:
+def run_side(side: str, work: Path, index: int, steps: int, threads: int | None) -> dict:
     """One tool in a fresh process: its result file plus the peak RSS the kernel reports."""
     result = work / f"result-{side}-{index}.json"
-    return run_child([str(HERE), "--side", side, "--work", str(work), "--result", str(result), "--steps", str(steps)],
-                     result)
+    extra = ["--threads", str(threads)] if threads else []
+    return run_child([str(HERE), "--side", side, "--work", str(work), "--result", str(result), "--steps", str(steps),
+                      *extra], result)
 
 
 # --------------------------------------------------------------------------- the two sides (children)
@@ -164,6 +165,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
     ap.add_argument("--steps", type=int, default=8, help="steps per run; the first is warm-up, not timed")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of each tool (default: torch's, one per core); 1 keeps a shared machine's "
+                         "other load from stalling both tools' thread pools")
     ap.add_argument("--only", choices=["vlmtune", "trl"], help="run one tool only (profiling; no ratios)")
     ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
     ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
@@ -171,12 +175,16 @@ def main() -> None:
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:  # a child: one tool, one result file
+        if args.threads:
+            torch.set_num_threads(args.threads)
         result = (side_vlmtune if args.side == "vlmtune" else side_trl)(args.work, args.steps)
         args.result.write_text(json.dumps({**result, "threads": torch.get_num_threads()}))
         return
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is warm-up)")
 
+    if args.threads:  # the matmul rate too, at the tools' thread count
+        torch.set_num_threads(args.threads)
     work = args.out or Path(tempfile.mkdtemp(prefix="grpo-vs-trl-"))
     sides = [args.only] if args.only else ["vlmtune", "trl"]
     try:
@@ -187,7 +195,7 @@ def main() -> None:
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for i in range(args.pairs):
             for side in sides:
-                runs[side].append(run_side(side, work, i, args.steps))
+                runs[side].append(run_side(side, work, i, args.steps, args.threads))
                 r = runs[side][-1]
                 print(f"[{side} run {i + 1}] {statistics.mean(r['step_seconds']):.3f} s/step, "
                       f"{r['cpu_seconds'] / (args.steps - 1):.2f} CPU s/step, peak RSS {r['peak_rss_gb']:.2f} GB",

@@ -10,9 +10,12 @@ prompt, a trailing reference answer left out) and calls the *processor* once per
 expects for a batch (Qwen: concatenated patches + ``image_grid_thw``; LLaVA / Gemma3 /
 InternVL: stacked images; Idefics3: a per-sample image axis). Samples with and without
 images never share a processor call (processors want images for every text or none). A
-prompt's ``n`` completions come from one ``generate`` call that expands the encoded prompt
-``n`` times (``num_return_sequences``): the prompt and its images are processed once per
-group. Greedy outputs do not depend on ``batch_size`` (a test holds them side by side).
+prompt's ``n`` sampled completions (GRPO's group) come from one forward of the prompt and its
+images, whose key/value cache is repeated ``n`` times, all groups of a call then decoding
+together (:mod:`vlmtune.rollout.prefix_sampling`); greedy decoding, stop strings, streaming,
+cancelling and sampler log-probs go through ``generate`` (``num_return_sequences`` expands
+the encoded prompt). Greedy outputs do not depend on ``batch_size`` (a test holds them side
+by side).
 """
 
 from __future__ import annotations
@@ -119,8 +122,10 @@ class HFGenerator:
         out: list[list[Completion]] = [[] for _ in samples]
         for start in range(0, len(samples), self.batch_size):
             idx = range(start, min(start + self.batch_size, len(samples)))
-            if params.n > 1 and params.do_sample and not params.stop:
-                out[start:idx.stop] = self.generate_shared(samples[start:idx.stop], params)
+            shared = self.generate_shared(samples[start:idx.stop], params) \
+                if params.n > 1 and params.do_sample and not params.stop else None
+            if shared is not None:
+                out[start:idx.stop] = shared
                 if on_batch is not None:
                     on_batch(len(idx))
                 continue
@@ -133,9 +138,10 @@ class HFGenerator:
                 on_batch(len(idx))
         return out
 
-    def generate_shared(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]]:
+    def generate_shared(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]] | None:
         """``params.n`` sampled completions of each sample, its prompt and images run once
-        (:mod:`vlmtune.rollout.prefix_sampling`), all samples' completions decoded together."""
+        (:mod:`vlmtune.rollout.prefix_sampling`), all samples' completions decoded together;
+        None when the model keeps no key/value cache."""
         device = next(self.model.parameters()).device
         prompts = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.encode([s]).items()}
                    for s in samples]
@@ -149,6 +155,8 @@ class HFGenerator:
                                                  self.position_style)
         finally:
             self.model.train(was_training)
+        if groups is None:
+            return None
         with self.tokenizer_lock:
             return [[self._completion(row, (), False) for row in ids.cpu()] for ids in groups]
 

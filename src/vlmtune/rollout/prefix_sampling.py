@@ -10,7 +10,8 @@ are left-padded in the stacked cache and masked out, so no row attends to anothe
 to padding.
 
 Sampling is exactly what the GRPO loss assumes: softmax of ``logits / temperature``, then
-nucleus (top-p) filtering; no top-k (``generate`` would add the model's default top-k).
+nucleus (top-p) filtering, nothing else. The checkpoint's generation config is not read
+(``generate`` would add any top-k it names; released Qwen2-VL checkpoints name top_k=1).
 """
 
 from __future__ import annotations
@@ -82,10 +83,13 @@ class Prefix:
     start: int
 
 
-def prefill(model: Any, prompt: dict[str, Any], rows: int, position_style: str) -> Prefix:
-    """Run one prompt (processor outputs, batch 1) and repeat its cache ``rows`` times."""
+def prefill(model: Any, prompt: dict[str, Any], rows: int, position_style: str) -> Prefix | None:
+    """Run one prompt (processor outputs, batch 1) and repeat its cache ``rows`` times; None
+    when the model keeps no cache."""
     out = model(**prompt, use_cache=True, logits_to_keep=1)
     length = prompt["input_ids"].shape[1]
+    if out.past_key_values is None:
+        return None
     out.past_key_values.batch_repeat_interleave(rows)
     return Prefix(out.past_key_values, out.logits[:, -1].expand(rows, -1), length,
                   next_position(model, length, position_style))
@@ -123,15 +127,15 @@ def decode(model: Any, cache: Any, mask: Tensor, logits: Tensor, starts: Tensor,
     ends = torch.tensor(sorted(end_ids), device=mask.device, dtype=torch.long)
     done = torch.zeros(rows, dtype=torch.bool, device=mask.device)
     out: list[Tensor] = []
-    ones = mask.new_ones(rows, 1)
+    mask = torch.cat([mask, mask.new_ones(rows, params.max_new_tokens)], dim=1)  # step t reads a prefix of it
     for t in range(params.max_new_tokens):
         tok = next_tokens(logits, params).masked_fill(done, pad_id)
         out.append(tok)
         done |= torch.isin(tok, ends)
         if t + 1 == params.max_new_tokens or bool(done.all()):
             break
-        mask = torch.cat([mask, ones], dim=1)
-        logits = model(input_ids=tok[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+        logits = model(input_ids=tok[:, None], attention_mask=mask[:, :width + t + 1], past_key_values=cache,
+                       use_cache=True,
                        position_ids=position_ids(starts, t, 1, position_style),
                        cache_position=torch.tensor([width + t], device=mask.device)).logits[:, -1]
     return torch.stack(out, dim=1)
@@ -139,10 +143,13 @@ def decode(model: Any, cache: Any, mask: Tensor, logits: Tensor, starts: Tensor,
 
 @torch.no_grad()
 def sample_on_shared_prefix(model: Any, prompts: list[dict[str, Any]], params: SamplingParams,
-                            end_ids: Collection[int], pad_id: int, position_style: str) -> list[Tensor]:
+                            end_ids: Collection[int], pad_id: int, position_style: str) -> list[Tensor] | None:
     """``params.n`` completions of each prompt (processor outputs, batch 1 each, on the
-    model's device): per prompt a (n, T) tensor of ids, ``pad_id`` after an end token."""
+    model's device): per prompt a (n, T) tensor of ids, ``pad_id`` after an end token. None
+    when the model keeps no key/value cache (callers then use ``generate``)."""
     prefixes = [prefill(model, p, params.n, position_style) for p in prompts]
+    if any(p is None for p in prefixes):
+        return None
     batches = [prefixes] if stackable(prefixes) else [[p] for p in prefixes]
     out: list[Tensor] = []
     for batch in batches:
