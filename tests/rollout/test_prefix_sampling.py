@@ -12,7 +12,13 @@ from vlmtune.data.sample import Sample
 from vlmtune.models.families import FAMILIES, list_families
 from vlmtune.rollout.generator import SamplingParams
 from vlmtune.rollout.hf import HFGenerator
-from vlmtune.rollout.prefix_sampling import next_tokens, position_ids, sample_on_shared_prefix, top_p_filter
+from vlmtune.rollout.prefix_sampling import (
+    next_tokens,
+    position_ids,
+    sample_on_shared_prefix,
+    top_k_filter,
+    top_p_filter,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,6 +33,15 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert kept(0.01) == [True, False, False, False]  # the most probable token always stays
     shuffled = logits[:, [2, 0, 3, 1]]  # the filter follows the values, not their order
     assert torch.isfinite(top_p_filter(shuffled, 0.7))[0].tolist() == [False, True, False, True]
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 2.5]])
+    assert torch.isfinite(top_k_filter(logits, 2))[0].tolist() == [False, True, False, False, True]
+    assert torch.equal(top_k_filter(logits, 0), logits) and torch.equal(top_k_filter(logits, 5), logits)
+    torch.manual_seed(0)
+    drawn = next_tokens(logits.expand(2000, -1), SamplingParams(top_k=2, top_p=1.0))
+    assert set(drawn.tolist()) == {1, 4}
 
 
 def test_next_tokens_draws_from_the_tempered_nucleus():

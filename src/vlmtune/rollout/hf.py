@@ -193,7 +193,7 @@ class HFGenerator:
         kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=copies,
                                       pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids))
         if params.do_sample:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:  # the model's generation config may name sampling settings; greedy uses none
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
         criteria = self._criteria(params.stop, prompt_len, cancel)

@@ -9,9 +9,10 @@ in one batch, one token per step, each row at its own positions. Prompts of diff
 are left-padded in the stacked cache and masked out, so no row attends to another prompt or
 to padding.
 
-Sampling is exactly what the GRPO loss assumes: softmax of ``logits / temperature``, then
-nucleus (top-p) filtering, nothing else. The checkpoint's generation config is not read
-(``generate`` would add any top-k it names; released Qwen2-VL checkpoints name top_k=1).
+Sampling is softmax of ``logits / temperature``, cut to the top-k tokens (``top_k`` > 0) and
+the top-p nucleus, nothing else: with the defaults (no top-k, top-p 1) exactly the
+distribution the GRPO loss's log-probs are computed under. The checkpoint's generation config
+is not read (``generate`` would add any top-k it names).
 """
 
 from __future__ import annotations
@@ -63,12 +64,23 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(cut.scatter(-1, order, cut), float("-inf"))
 
 
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """(N, V) logits with all but the ``k`` largest of each row set to -inf (ties at the k-th
+    value kept); ``k`` = 0 keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
 def next_tokens(logits: Tensor, params: SamplingParams) -> Tensor:
     """(N,) the next token of each row from its (N, V) logits: argmax when greedy, else a draw
-    from ``softmax(logits / temperature)`` restricted to the top-p nucleus."""
+    from ``softmax(logits / temperature)`` cut to the top-k tokens, then to the top-p nucleus
+    (transformers' order)."""
     if not params.do_sample:
         return logits.argmax(-1)
-    probs = top_p_filter(logits.float() / params.temperature, params.top_p).softmax(-1)
+    scaled = top_k_filter(logits.float() / params.temperature, params.top_k)
+    probs = top_p_filter(scaled, params.top_p).softmax(-1)
     return torch.multinomial(probs, 1).squeeze(-1)
 
 

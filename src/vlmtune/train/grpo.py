@@ -431,7 +431,7 @@ def run_grpo(recipe: Recipe, show_progress: bool = True,
         generator: Generator = build_generator(
             gen_cfg.backend, acc.unwrap_model(model), processor, system_prompt=recipe.data.system_prompt,
             batch_size=gen_cfg.batch_size or (GENERATION_BATCH if recipe.env.name else cfg.prompts_per_step), options=gen_cfg.options)
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, top_k=cfg.top_k)
         pad_id, g = stop_and_pad_ids(acc.unwrap_model(model), loaded.tokenizer, loaded.family)[1], cfg.num_generations
         # a group's prompt as the log-prob passes see it: rendered as the hf backend renders it
         prompt_inputs = partial(render_prompt, processor=processor, system_prompt=recipe.data.system_prompt)
