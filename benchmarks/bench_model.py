@@ -46,6 +46,16 @@ def build_model(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def full_training(work: Path, data: Path, run_dir: Path, lr: float) -> list[str]:
+    """The recipe overrides both vlmtune sides share: the benchmark model, full fine-tuning with
+    vision and projector trainable, a constant lr, gradients clipped to norm 1, every step
+    logged, no trackers."""
+    return [f"model.path={work / 'model'}", f"data.train_path={data}", f"output.dir={run_dir}",
+            "output.overwrite=true", "output.report_to=[]", "train.mode=full", "freeze.vision=false",
+            "freeze.projector=false", "freeze.language=false", f"train.lr={lr}", "train.scheduler=constant",
+            "train.max_grad_norm=1.0", "train.log_every=1"]
+
+
 def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
     """This machine's dense float32 matmul rate (FLOP/s), best of repeated ``torch.mm``."""
     a, b = torch.randn(size, size), torch.randn(size, size)

@@ -37,7 +37,6 @@ printed with them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -49,8 +48,8 @@ from pathlib import Path
 
 import torch
 
-from bench_model import build_model, fmt_rate, matmul_flops
-from child import clock_vlmtune_steps, run_child
+from bench_model import build_model, fmt_rate, full_training, matmul_flops
+from child import clock_vlmtune_steps, run_child, side_by_side_parser
 
 HERE = Path(__file__).resolve()
 PROMPTS, PER_STEP, G, NEW_TOKENS, LR = 16, 2, 8, 32, 1e-4
@@ -102,10 +101,7 @@ def side_vlmtune(work: Path, steps: int) -> dict:
     logged, cpu = clock_vlmtune_steps()
     run_dir = work / "run-vlmtune"
     recipe = load_recipe(None, [
-        f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'prompts.jsonl'}", f"output.dir={run_dir}",
-        "output.overwrite=true", "output.report_to=[]", "train.mode=full", "freeze.vision=false",
-        "freeze.projector=false", "freeze.language=false", f"train.max_steps={steps}", f"train.lr={LR}",
-        "train.scheduler=constant", "train.max_grad_norm=1.0", "train.log_every=1", "train.save_every=0",
+        *full_training(work, work / "data" / "prompts.jsonl", run_dir, LR), f"train.max_steps={steps}",
         f"grpo.num_generations={G}", f"grpo.prompts_per_step={PER_STEP}", f"grpo.max_new_tokens={NEW_TOKENS}",
         "grpo.beta=0", "grpo.temperature=1.0", "grpo.top_p=1.0", f"rewards=[{{fn: '{HERE}:length_reward'}}]"])
     summary = run_grpo(recipe, show_progress=False)
@@ -162,17 +158,12 @@ def side_trl(work: Path, steps: int) -> dict:
 
 # --------------------------------------------------------------------------- report
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
+    ap = side_by_side_parser(__doc__)
     ap.add_argument("--steps", type=int, default=8, help="steps per run; the first is warm-up, not timed")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of each tool (default: torch's, one per core); 1 keeps a shared machine's "
                          "other load from stalling both tools' thread pools")
     ap.add_argument("--only", choices=["vlmtune", "trl"], help="run one tool only (profiling; no ratios)")
-    ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
-    ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:  # a child: one tool, one result file
         if args.threads:

@@ -39,7 +39,6 @@ printed with them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -51,8 +50,8 @@ from pathlib import Path
 
 import torch
 
-from bench_model import build_model, fmt_rate, matmul_flops
-from child import clock_vlmtune_steps, run_child, since_start
+from bench_model import build_model, fmt_rate, full_training, matmul_flops
+from child import clock_vlmtune_steps, run_child, side_by_side_parser, since_start
 
 HERE = Path(__file__).resolve()
 STEPS, BATCH, LR, N_SAMPLES = 12, 8, 1e-4, 96
@@ -98,11 +97,8 @@ def side_vlmtune(work: Path) -> dict:
 
     logged, cpu = clock_vlmtune_steps()
     run_dir = work / "run-vlmtune"
-    recipe = load_recipe(None, [
-        f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'train.jsonl'}", f"output.dir={run_dir}",
-        "output.overwrite=true", "output.report_to=[]", "train.mode=full", "freeze.vision=false",
-        "freeze.projector=false", "freeze.language=false", f"train.max_steps={STEPS}", f"train.batch_size={BATCH}",
-        f"train.lr={LR}", "train.scheduler=constant", "train.max_grad_norm=1.0", "train.log_every=1"])
+    recipe = load_recipe(None, [*full_training(work, work / "data" / "train.jsonl", run_dir, LR),
+                                f"train.max_steps={STEPS}", f"train.batch_size={BATCH}"])
     summary = run_sft(recipe, show_progress=False)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     compute = summary["compute"]
@@ -152,13 +148,7 @@ def side_trl(work: Path) -> dict:
 
 # --------------------------------------------------------------------------- report
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
-    ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
-    ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = side_by_side_parser(__doc__).parse_args()
     if args.side:  # a child: one tool, one result file
         result = (side_vlmtune if args.side == "vlmtune" else side_trl)(args.work)
         args.result.write_text(json.dumps({**result, "threads": torch.get_num_threads()}))
