@@ -1,9 +1,10 @@
-"""What the SFT benchmarks share: running one measured side in a fresh process (its peak
+"""What the benchmarks share: running one measured side in a fresh process (its peak
 resident memory read from the kernel, its figures from a JSON file it writes) and the
 clock a child reads its own start-up and first step against."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,6 +12,18 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+
+def side_by_side_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that runs tools side by side: ``--pairs``, ``--out``, and
+    the hidden ones it starts each child with (``--side``, ``--work``, ``--result``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
+    ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
+    ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return ap
 
 
 def since_start() -> float:

@@ -39,7 +39,6 @@ printed with them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -51,44 +50,14 @@ from pathlib import Path
 
 import torch
 
-from child import clock_vlmtune_steps, run_child, since_start
+from bench_model import build_model, fmt_rate, full_training, matmul_flops
+from child import clock_vlmtune_steps, run_child, side_by_side_parser, since_start
 
 HERE = Path(__file__).resolve()
 STEPS, BATCH, LR, N_SAMPLES = 12, 8, 1e-4, 96
-TEXT = dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
-            intermediate_size=1536)
-MROPE = [8, 12, 12]
-VISION = dict(depth=4, embed_dim=256, num_heads=4, patch_size=14, spatial_merge_size=2)
-MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224
 
 
 # --------------------------------------------------------------------------- set-up (parent)
-def build_model(out: Path, seed: int = 0) -> Path:
-    """The tiny factory's Qwen2-VL folder (tokenizer, chat template, processor), reshaped to
-    the benchmark's sizes and re-initialised with ``seed``."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from vlmtune.models.tiny import make_tiny
-
-    make_tiny("qwen2_vl", out, seed=seed)
-    cfg = json.loads((out / "config.json").read_text())
-    text, vision = cfg["text_config"], cfg["vision_config"]
-    text.update(TEXT, layer_types=["full_attention"] * TEXT["num_hidden_layers"])
-    text["rope_parameters"]["mrope_section"] = MROPE
-    vision.update(VISION, hidden_size=TEXT["hidden_size"])  # the merger's output width = the text width
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    proc = json.loads((out / "processor_config.json").read_text())
-    for key in ("image_processor", "video_processor"):
-        proc[key]["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
-    (out / "processor_config.json").write_text(json.dumps(proc, indent=2))
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
-    for f in out.glob("model*.safetensors*"):
-        f.unlink()
-    model.save_pretrained(out)
-    return out
-
-
 def build_data(out: Path, n: int = N_SAMPLES, seed: int = 0) -> Path:
     """``n`` canonical samples: 1-3 images (squares of 112-224 px, a shape drawn on each), a
     question, an answer of 4-120 words from the tiny tokenizer's vocabulary."""
@@ -115,18 +84,6 @@ def build_data(out: Path, n: int = N_SAMPLES, seed: int = 0) -> Path:
     return path
 
 
-def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
-    """This machine's dense float32 matmul rate (FLOP/s), best of repeated ``torch.mm``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best, start = 0.0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        tick = time.perf_counter()
-        torch.mm(a, b)
-        best = max(best, 2 * size ** 3 / (time.perf_counter() - tick))
-    return best
-
-
 def run_side(side: str, work: Path, index: int) -> dict:
     """One tool in a fresh process: its result file plus the peak RSS the kernel reports."""
     result = work / f"result-{side}-{index}.json"
@@ -140,11 +97,8 @@ def side_vlmtune(work: Path) -> dict:
 
     logged, cpu = clock_vlmtune_steps()
     run_dir = work / "run-vlmtune"
-    recipe = load_recipe(None, [
-        f"model.path={work / 'model'}", f"data.train_path={work / 'data' / 'train.jsonl'}", f"output.dir={run_dir}",
-        "output.overwrite=true", "output.report_to=[]", "train.mode=full", "freeze.vision=false",
-        "freeze.projector=false", "freeze.language=false", f"train.max_steps={STEPS}", f"train.batch_size={BATCH}",
-        f"train.lr={LR}", "train.scheduler=constant", "train.max_grad_norm=1.0", "train.log_every=1"])
+    recipe = load_recipe(None, [*full_training(work, work / "data" / "train.jsonl", run_dir, LR),
+                                f"train.max_steps={STEPS}", f"train.batch_size={BATCH}"])
     summary = run_sft(recipe, show_progress=False)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     compute = summary["compute"]
@@ -193,18 +147,8 @@ def side_trl(work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def fmt_rate(x: float) -> str:
-    return f"{x / 1e9:.2f} GFLOP/s"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=1, help="runs of each tool, in turn; medians are reported")
-    ap.add_argument("--out", type=Path, default=None, help="keep model, data and runs here (default: temp dir)")
-    ap.add_argument("--side", choices=["vlmtune", "trl"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = side_by_side_parser(__doc__).parse_args()
     if args.side:  # a child: one tool, one result file
         result = (side_vlmtune if args.side == "vlmtune" else side_trl)(args.work)
         args.result.write_text(json.dumps({**result, "threads": torch.get_num_threads()}))

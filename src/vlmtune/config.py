@@ -311,6 +311,8 @@ class GrpoConfig(_Section):
     max_new_tokens: int = Field(64, ge=1, description="Completion length limit.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use it too).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(0, ge=0, description="Sample among the k most probable tokens; 0 = all (the distribution the "
+                                            "loss's log-probs assume, and TRL's default).")
     prompts_per_step: int = Field(2, ge=1, description="Prompts sampled per generation batch.")
     shared_prefix: bool = Field(True, description="Run each prompt and its images once per group, not G times.")
     drop_zero_spread: bool = Field(False, description="Dynamic sampling: drop groups with equal rewards.")
@@ -340,8 +342,9 @@ class GenerationConfig(_Section):
     backend: Annotated[str, AfterValidator(pydantic_check(GENERATORS))] = Field(
         "hf", description=f"Generation backend: {GENERATORS.describe()} (docs/extending.md).")
     batch_size: int | None = Field(
-        None, ge=1, description="Prompts per generation call; None = the verb's default: 1 for grpo (each prompt's "
-                                "G completions in one call), 64 for grpo with env.name (a turn of every live "
+        None, ge=1, description="Prompts per generation call; None = the verb's default: grpo.prompts_per_step for "
+                                "grpo (each prompt and its images run once, its G completions decoded with all "
+                                "the step's others), 64 for grpo with env.name (a turn of every live "
                                 "episode), 8 for eval and agent.")
     options: dict[str, Any] = Field(default_factory=dict, description="The backend's own keyword arguments.")
 

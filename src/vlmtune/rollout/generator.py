@@ -33,7 +33,8 @@ class SamplingParams:
     """How to sample. ``do_sample=False`` is greedy (deterministic, ``temperature`` and
     ``top_p`` unused); ``n`` completions per prompt (GRPO's G); a completion ends at the
     model's end tokens, at ``max_new_tokens``, or before the first of the ``stop`` strings;
-    ``seed`` makes sampling repeatable."""
+    ``seed`` makes sampling repeatable; ``top_k`` > 0 keeps only the k most probable tokens
+    (before top-p; 0 = off, the distribution GRPO's log-probs are computed under)."""
 
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -42,6 +43,7 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int = 0
 
 
 @dataclass

@@ -10,9 +10,12 @@ prompt, a trailing reference answer left out) and calls the *processor* once per
 expects for a batch (Qwen: concatenated patches + ``image_grid_thw``; LLaVA / Gemma3 /
 InternVL: stacked images; Idefics3: a per-sample image axis). Samples with and without
 images never share a processor call (processors want images for every text or none). A
-prompt's ``n`` completions come from one ``generate`` call that expands the encoded prompt
-``n`` times (``num_return_sequences``): the prompt and its images are processed once per
-group. Greedy outputs do not depend on ``batch_size`` (a test holds them side by side).
+prompt's ``n`` sampled completions (GRPO's group) come from one forward of the prompt and its
+images, whose key/value cache is repeated ``n`` times, all groups of a call then decoding
+together (:mod:`vlmtune.rollout.prefix_sampling`); greedy decoding, stop strings, streaming,
+cancelling and sampler log-probs go through ``generate`` (``num_return_sequences`` expands
+the encoded prompt). Greedy outputs do not depend on ``batch_size`` (a test holds them side
+by side).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from vlmtune.data.sample import Sample
 from vlmtune.models.families import Family, family_for, find_family
 from vlmtune.models.loading import end_token_ids, pad_token_id
 from vlmtune.rollout.generator import Completion, Generator, SamplingParams
+from vlmtune.rollout.prefix_sampling import inner_model, next_position, position_ids, sample_on_shared_prefix
 
 __all__ = ["Completion", "HFGenerator", "Rollout", "SamplingParams", "completion_logps", "group_inputs",
            "rollout_logps", "sample_groups", "shared_prefix_logps", "stop_and_pad_ids"]
@@ -106,6 +110,8 @@ class HFGenerator:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.batch_size, self.strip_text = batch_size, strip_text
         self.end_ids, self.pad_id = stop_and_pad_ids(model, self.tokenizer, family)
+        family = family or find_family(model)
+        self.position_style = family.position_style if family else "1d"
         self.tokenizer_lock = threading.Lock()
         self.rng_lock = threading.Lock()
 
@@ -116,6 +122,13 @@ class HFGenerator:
         out: list[list[Completion]] = [[] for _ in samples]
         for start in range(0, len(samples), self.batch_size):
             idx = range(start, min(start + self.batch_size, len(samples)))
+            shared = self.generate_shared(samples[start:idx.stop], params) \
+                if params.n > 1 and params.do_sample and not params.stop else None
+            if shared is not None:
+                out[start:idx.stop] = shared
+                if on_batch is not None:
+                    on_batch(len(idx))
+                continue
             for group in ([i for i in idx if samples[i].images], [i for i in idx if not samples[i].images]):
                 if group:
                     inputs = self.encode([samples[i] for i in group])
@@ -124,6 +137,28 @@ class HFGenerator:
             if on_batch is not None:
                 on_batch(len(idx))
         return out
+
+    def generate_shared(self, samples: Sequence[Sample], params: SamplingParams) -> list[list[Completion]] | None:
+        """``params.n`` sampled completions of each sample, its prompt and images run once
+        (:mod:`vlmtune.rollout.prefix_sampling`), all samples' completions decoded together;
+        None when the model keeps no key/value cache."""
+        device = next(self.model.parameters()).device
+        prompts = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.encode([s]).items()}
+                   for s in samples]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.rng_lock:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                groups = sample_on_shared_prefix(self.model, prompts, params, self.end_ids, self.pad_id,
+                                                 self.position_style)
+        finally:
+            self.model.train(was_training)
+        if groups is None:
+            return None
+        with self.tokenizer_lock:
+            return [[self._completion(row, (), False) for row in ids.cpu()] for ids in groups]
 
     def encode(self, samples: Sequence[Sample]) -> dict[str, Any]:
         """Processor outputs for a batch of prompts, left-padded (all with images or none)."""
@@ -158,7 +193,7 @@ class HFGenerator:
         kwargs: dict[str, Any] = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=copies,
                                       pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids))
         if params.do_sample:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:  # the model's generation config may name sampling settings; greedy uses none
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
         criteria = self._criteria(params.stop, prompt_len, cancel)
@@ -320,14 +355,6 @@ def completion_logps(model: Any, batch: dict[str, Any], prompt_len: int, complet
     return _token_logps(logits[:, prompt_len - 1: prompt_len - 1 + t], completion_ids, temperature, with_entropy)
 
 
-def _inner_model(model: Any) -> Any:
-    """The transformers model under DDP and PEFT wrappers."""
-    model = getattr(model, "module", model)
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
 def shared_prefix_logps(model: Any, rollout: Rollout, position_style: str, with_entropy: bool = False,
                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """Like :func:`completion_logps`, but the prompt and its images run once per group.
@@ -342,16 +369,13 @@ def shared_prefix_logps(model: Any, rollout: Rollout, position_style: str, with_
     prompt = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rollout.prompt.items()}
     ids, mask = rollout.completion_ids.to(device), rollout.mask.to(device)
     (g, t), p = ids.shape, prompt["input_ids"].shape[1]
-    first = model(**prompt, use_cache=True)
+    first = model(**prompt, use_cache=True, logits_to_keep=1)
     cache = first.past_key_values
     if cache is None:
         return None
     cache.batch_repeat_interleave(g)
-    if position_style == "mrope":
-        deltas = _inner_model(model).model.rope_deltas.to(device)  # set by the prompt's forward
-        positions = (torch.arange(p, p + t, device=device).view(1, 1, t) + deltas.view(1, -1, 1)).expand(3, g, t)
-    else:
-        positions = torch.arange(p, p + t, device=device).view(1, t).expand(g, t)
+    start = torch.full((g,), next_position(model, p, position_style), device=device)
+    positions = position_ids(start, 0, t, position_style)
     attention = torch.cat([prompt["attention_mask"].expand(g, -1), mask], dim=1)
     rest = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
                  cache_position=torch.arange(p, p + t, device=device), position_ids=positions).logits
@@ -368,6 +392,6 @@ def rollout_logps(model: Any, rollout: Rollout, pad_id: int, *, position_style: 
         out = shared_prefix_logps(model, rollout, position_style, with_entropy, temperature)
         if out is not None:
             return out
-    token_keys = family_for(_inner_model(model)).token_keys
+    token_keys = family_for(inner_model(model)).token_keys
     return completion_logps(model, group_inputs(rollout, pad_id, token_keys), rollout.prompt["input_ids"].shape[1],
                             rollout.completion_ids, with_entropy=with_entropy, temperature=temperature)

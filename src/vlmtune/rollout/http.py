@@ -126,6 +126,8 @@ class HTTPGenerator:
         body = {"max_tokens": params.max_new_tokens, "n": params.n, "top_p": params.top_p,
                 "temperature": params.temperature if params.do_sample else 0.0, "stop": list(params.stop) or None,
                 "logprobs": True, "return_tokens_as_token_ids": True}
+        if params.top_k and params.do_sample:  # vLLM's extra parameter; sent only when set
+            body["top_k"] = params.top_k
 
         def one(i: int) -> list[Completion]:
             seed = None if params.seed is None else params.seed + i

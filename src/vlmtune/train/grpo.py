@@ -328,9 +328,9 @@ def optimize(model: Any, batch: Batch, old: list | None, ref: list | None, recip
 
 def count_tokens(meter: ComputeMeter, batch: Batch, cfg: Any) -> None:
     """What one step ran, for compute accounting. Generation runs each prompt (with its images)
-    once per completion (``generate`` repeats the inputs ``num_return_sequences`` times; a
-    multi-turn turn is its own prompt), then one token at a time; the old/reference log-prob
-    passes are forward-only; the update runs ``num_iterations`` forward+backward passes. With
+    once per group (the ``hf`` backend samples a group on one prompt prefix; a multi-turn turn
+    is its own prompt), then one token at a time; the old/reference log-prob passes are
+    forward-only; the update runs ``num_iterations`` forward+backward passes. With
     ``shared_prefix`` the log-prob passes run a prompt once per group, otherwise once per
     completion."""
     per_group = [(batch_units(r.prompt, meter.flops), r.completion_ids.shape[0]) for r in batch.rollouts]
@@ -339,7 +339,7 @@ def count_tokens(meter: ComputeMeter, batch: Batch, cfg: Any) -> None:
     completions = Units(sum(int(r.mask.sum()) for r in batch.rollouts))
     scored = (prompt if cfg.shared_prefix else prompt_per_completion) + completions
     extra = (cfg.num_iterations > 1) + (cfg.beta > 0)  # old and reference log-prob passes
-    meter.add_forward(prompt_per_completion + completions + scored * extra)
+    meter.add_forward(prompt + completions + scored * extra)
     meter.add_train(scored * cfg.num_iterations)
     meter.add_data(prompt=prompt.tokens, completion=completions.tokens)
 
@@ -430,8 +430,8 @@ def run_grpo(recipe: Recipe, show_progress: bool = True,
         gen_cfg = recipe.generation
         generator: Generator = build_generator(
             gen_cfg.backend, acc.unwrap_model(model), processor, system_prompt=recipe.data.system_prompt,
-            batch_size=gen_cfg.batch_size or (GENERATION_BATCH if recipe.env.name else 1), options=gen_cfg.options)
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+            batch_size=gen_cfg.batch_size or (GENERATION_BATCH if recipe.env.name else cfg.prompts_per_step), options=gen_cfg.options)
+        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, top_k=cfg.top_k)
         pad_id, g = stop_and_pad_ids(acc.unwrap_model(model), loaded.tokenizer, loaded.family)[1], cfg.num_generations
         # a group's prompt as the log-prob passes see it: rendered as the hf backend renders it
         prompt_inputs = partial(render_prompt, processor=processor, system_prompt=recipe.data.system_prompt)
