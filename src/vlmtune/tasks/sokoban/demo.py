@@ -40,6 +40,7 @@ from vlmtune.demos import PREPASS_PROCS, StageClock, build_demo_model, warm_up_a
 STAGES = ("baseline", "sft", "rl", "rl_grpo")
 STAGE_TITLES = {"baseline": "baseline", "sft": "SFT", "rl": "SFT + GiGPO", "rl_grpo": "SFT + GRPO"}
 EVAL_SEED = 1_000_000  # eval initial states: seeds from here on; training uses seeds from 0
+RL_SEED = 500_000  # RL's initial states: seeds from here on (rooms the expert data never showed)
 VALIDATION_SEED = 2_000_000  # where settings are chosen (benchmarks/sokoban_budget.py), never EVAL_SEED's rooms
 
 
@@ -156,7 +157,8 @@ def start_hashes(seeds: range, env_kwargs: dict[str, Any]) -> set[str]:
 def held_out(s: SokobanDemoSettings) -> dict[str, int]:
     """How many eval rooms there are, and how many of them training also saw."""
     kw = s.env_kwargs()
-    train = start_hashes(range(max(s.expert_episodes, s.rl_steps * s.rl_states_per_step)), kw)
+    rl_rooms = range(RL_SEED, RL_SEED + s.rl_steps * s.rl_states_per_step)
+    train = start_hashes(range(s.expert_episodes), kw) | start_hashes(rl_rooms, kw)
     evals = start_hashes(range(EVAL_SEED, EVAL_SEED + s.eval_episodes), kw)
     return {"eval_states": len(evals), "training_states": len(train), "seen_in_training": len(evals & train)}
 
@@ -212,7 +214,7 @@ def rl(model: Path, out: Path, advantage: str, s: SokobanDemoSettings) -> dict[s
     recipe = load_recipe(None, [
         f"model.path={model}", f"output.dir={out}", "train.mode=full", f"train.seed={s.seed}",
         f"train.max_steps={s.rl_steps}", f"train.lr={s.rl_lr}", "train.scheduler=constant", "train.log_every=1",
-        "env.name=sokoban", f"env.kwargs={json.dumps(kw)}", f"env.max_turns={s.max_turns}", "env.seed=0",
+        "env.name=sokoban", f"env.kwargs={json.dumps(kw)}", f"env.max_turns={s.max_turns}", f"env.seed={RL_SEED}",
         f"grpo.advantage={advantage}", f"grpo.num_generations={s.rl_group_size}",
         f"grpo.prompts_per_step={s.rl_states_per_step}", f"grpo.temperature={s.rl_temperature}",
         f"grpo.max_new_tokens={s.rl_max_new_tokens}", f"grpo.gamma={s.gamma}", f"grpo.omega={s.omega}",
