@@ -145,34 +145,77 @@ def warm_up_perception(model_dir: Path, sft_path: Path, s: SokobanDemoSettings) 
 # ----------------------------------------------------------------------------- held-out states
 
 
-def start_hashes(seeds: range, env_kwargs: dict[str, Any]) -> set[str]:
-    """Hashes of the first observation of each seed's room."""
-    from vlmtune.envs import make_env
+def _room_hash(env: Any, seed: int) -> str:
     from vlmtune.rollout.episodes import anchor_hash
 
-    env = make_env("sokoban", env_kwargs)
-    return {anchor_hash(env.reset(seed=seed)[0]) for seed in seeds}
+    return anchor_hash(env.reset(seed=seed)[0])
 
 
-def held_out(s: SokobanDemoSettings) -> dict[str, int]:
-    """How many eval rooms there are, and how many of them training also saw."""
-    kw = s.env_kwargs()
-    rl_rooms = range(RL_SEED, RL_SEED + s.rl_steps * s.rl_states_per_step)
-    train = start_hashes(range(s.expert_episodes), kw) | start_hashes(rl_rooms, kw)
-    evals = start_hashes(range(EVAL_SEED, EVAL_SEED + s.eval_episodes), kw)
-    return {"eval_states": len(evals), "training_states": len(train), "seen_in_training": len(evals & train)}
+def training_rooms(s: SokobanDemoSettings) -> set[str]:
+    """Hashes of the first observation of every room training plays: the expert's (seeds
+    from 0) and RL's (seeds from :data:`RL_SEED`)."""
+    from vlmtune.envs import make_env
+
+    env = make_env("sokoban", s.env_kwargs())
+    seeds = [*range(s.expert_episodes), *range(RL_SEED, RL_SEED + s.rl_steps * s.rl_states_per_step)]
+    return {_room_hash(env, seed) for seed in seeds}
+
+
+def unseen_seeds(start: int, n: int, exclude: set[str], s: SokobanDemoSettings) -> list[int]:
+    """The first ``n`` seeds from ``start`` whose room (first observation) is not in
+    ``exclude`` nor an earlier pick's: small rooms repeat (5x5 rooms: 1,024 seeds draw ~700
+    distinct ones), so consecutive seeds would replay rooms training saw."""
+    from vlmtune.envs import make_env
+
+    env, seen, picked = make_env("sokoban", s.env_kwargs()), set(exclude), []
+    seed = start
+    while len(picked) < n:
+        if seed - start >= 100 * n:
+            raise ValueError(f"fewer than {n} rooms unlike the training rooms among {100 * n} seeds from {start}; "
+                             "use bigger rooms or fewer training rooms")
+        room = _room_hash(env, seed)
+        if room not in seen:
+            picked.append(seed)
+            seen.add(room)
+        seed += 1
+    return picked
+
+
+def held_out(s: SokobanDemoSettings) -> tuple[list[int], dict[str, Any]]:
+    """The eval rooms' seeds (from :data:`EVAL_SEED`, none of them a training room), and how
+    many rooms there are, how many training saw (0 by construction, checked) and how many
+    seeds were drawn to find them."""
+    from vlmtune.envs import make_env
+
+    train = training_rooms(s)
+    seeds = unseen_seeds(EVAL_SEED, s.eval_episodes, train, s)
+    env = make_env("sokoban", s.env_kwargs())
+    evals = {_room_hash(env, seed) for seed in seeds}
+    return seeds, {"eval_states": len(evals), "training_states": len(train), "seen_in_training": len(evals & train),
+                   "seeds_drawn": seeds[-1] - EVAL_SEED + 1, "seeds": seeds}
+
+
+def validation_seeds(s: SokobanDemoSettings) -> list[int]:
+    """Rooms to choose settings on (seeds from :data:`VALIDATION_SEED`): neither training
+    rooms nor held-out eval rooms."""
+    from vlmtune.envs import make_env
+
+    env = make_env("sokoban", s.env_kwargs())
+    evals = {_room_hash(env, seed) for seed in held_out(s)[0]}
+    return unseen_seeds(VALIDATION_SEED, s.eval_episodes, training_rooms(s) | evals, s)
 
 
 # ----------------------------------------------------------------------------- stages
 
 
-def evaluate(policy: str | Path, out: Path, s: SokobanDemoSettings, seed: int = EVAL_SEED) -> dict[str, Any]:
-    """Greedy episodes from the held-out initial states (one per seed from ``seed``)."""
+def evaluate(policy: str | Path, out: Path, s: SokobanDemoSettings, seeds: list[int]) -> dict[str, Any]:
+    """Greedy episodes, one from each of ``seeds`` (:func:`held_out`'s or :func:`validation_seeds`)."""
     from vlmtune.rollout.run import run_rollout
 
-    summary = run_rollout("sokoban", str(policy), s.eval_episodes, out, group_size=1, seed=seed,
-                          max_turns=s.max_turns, env_kwargs=s.env_kwargs(), parallel=s.eval_episodes,
-                          max_new_tokens=s.rl_max_new_tokens, batch_size=s.eval_batch, show_progress=False)
+    summary = run_rollout("sokoban", str(policy), len(seeds), out, group_size=1, seed=seeds[0],
+                          max_turns=s.max_turns, env_kwargs=s.env_kwargs(), parallel=len(seeds),
+                          max_new_tokens=s.rl_max_new_tokens, batch_size=s.eval_batch, show_progress=False,
+                          start_seeds=seeds)
     return {k: summary[k] for k in ("success_rate", "invalid_action_rate", "mean_turns", "mean_reward",
                                     "episodes", "failed_episodes")}
 
@@ -257,7 +300,7 @@ def run_sokoban_demo(out: Path, fast: bool = False, settings: SokobanDemoSetting
 
     def stage(name: str, policy: Path, since: float) -> float:
         tick = clock.mark(name if name == "baseline" else f"train_{name}", since)
-        summary[name] = evaluate(policy, out / "eval" / name, s)
+        summary[name] = evaluate(policy, out / "eval" / name, s, eval_seeds)
         now = clock.mark(f"eval_{name}", tick)
         summary[name]["seconds"] = round(now - since, 1)  # training + eval
         row = summary[name]
@@ -269,7 +312,7 @@ def run_sokoban_demo(out: Path, fast: bool = False, settings: SokobanDemoSetting
     console.print(f"[bold]1/7[/] tiny Qwen2-VL; held-out eval: {s.eval_episodes} {room} rooms, greedy, "
                   f"at most {s.max_turns} turns")
     model = build_demo_model(out / "tiny-qwen2_vl", s)
-    summary["held_out"] = held_out(s)
+    eval_seeds, summary["held_out"] = held_out(s)
     tick = clock.mark("setup", tick)
     console.print("[bold]2/7[/] baseline eval")
     tick = stage("baseline", model, tick)
