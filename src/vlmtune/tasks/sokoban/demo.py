@@ -55,16 +55,16 @@ class SokobanDemoSettings:
     vision_width: int | None = None
     text_layers: int | None = None
     # environment
-    dim_room: int = 6  # walls included: a 4x4 floor area at most
+    dim_room: int = 5  # walls included: a 3x3 floor area at most (6x6 did not learn: docs/agents.md)
     cell_size: int = 28
-    max_turns: int = 10
+    max_turns: int = 6  # rooms are drawn with an optimal solution of at most this many moves
     expert_think: str = "none"  # what the expert's answers reason before the action: none, state or plan
     # expert data, perception warm-up, SFT
-    expert_episodes: int = 256
-    warmup_steps: int = 100
+    expert_episodes: int = 1024
+    warmup_steps: int = 200
     warmup_batch: int = 16
     warmup_positions: bool = True  # the warm-up also teaches each image token its row and column
-    sft_steps: int = 100
+    sft_steps: int = 500
     sft_batch: int = 16
     sft_lr: float = 1e-3
     sft_warmup: int = 10
@@ -72,7 +72,7 @@ class SokobanDemoSettings:
     rl_steps: int = 20
     rl_states_per_step: int = 8
     rl_group_size: int = 8
-    rl_lr: float = 1e-4
+    rl_lr: float = 2e-4
     rl_temperature: float = 1.0
     rl_max_new_tokens: int = 16
     gamma: float = 0.95
