@@ -9,10 +9,17 @@ episode-level GRPO -> eval (the GiGPO paper's comparison). Every eval plays the 
 held-out initial states, greedily (``rollout`` with group size 1).
 
 Why this shape: at tiny scale RL moves decisions the model can already perceive; it does
-not build perception. The warm-up and SFT are meant to teach the model to read the board and
-the answer format, with SFT kept short so RL has decisions left to fix. Measured so far
-(docs/agents.md): SFT learns the format but not the board at these settings, so the targets
-(SFT >= baseline + 20 points, GiGPO >= SFT + 10) are not met yet.
+not build perception. The warm-up and SFT teach the model to read the board and the answer
+format. :data:`FULL` (chosen on validation rooms, docs/agents.md "The learning proof"): 5x5
+rooms (a 3x3 floor, one box) of at most 6 moves — on 6x6 rooms the tiny model's SFT loss did
+not leave the uniform guess in the budget — 1,024 expert rooms, warm-up 200 steps, SFT 500
+steps (a 300-step cosine run decays before the loss leaves its plateau), RL 20 steps x 8 rooms
+x 8 episodes at lr 2e-4 (4e-4 broke the answer format). Measured: SFT far above the baseline
+(the SFT target is met); GiGPO and GRPO at this budget leave SFT's success where it was (the
+RL target is not met).
+
+Small rooms repeat, so the eval rooms are drawn unlike every training room
+(:func:`held_out`), and the validation rooms unlike both (:func:`validation_seeds`).
 
 ``summary.json`` (public contract)::
 
@@ -20,8 +27,8 @@ the answer format, with SFT kept short so RL has decisions left to fix. Measured
      "sft": {...}, "rl": {...}, "rl_grpo": {...}, "held_out": {...}, "wall_seconds": float, ...}
 
 ``rl`` is GiGPO, ``rl_grpo`` episode-level GRPO. ``held_out`` says how many eval initial
-states there are and how many of them also occur among the training states (expert and RL
-seeds), compared by their first observation (0 with the default settings).
+states there are, their seeds, and how many of them also occur among the training states
+(expert and RL rooms), compared by their first observation (0: they are drawn that way).
 """
 
 from __future__ import annotations
