@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from vlmtune.demos import build_demo_model
-from vlmtune.tasks.sokoban.demo import FULL, VALIDATION_SEED, evaluate, expert_data, rl, sft, warm_up_perception
+from vlmtune.tasks.sokoban.demo import FULL, evaluate, expert_data, rl, sft, validation_seeds, warm_up_perception
 from vlmtune.train.checkpoint import checkpoints
 
 
@@ -41,9 +41,9 @@ def loadable(ckpt: Path, model_dir: Path) -> Path:
     return ckpt
 
 
-def score(name: str, policy: Path, out: Path, s) -> dict:
+def score(name: str, policy: Path, out: Path, s, seeds: list[int]) -> dict:
     tick = time.perf_counter()
-    row = {"model": name, **evaluate(policy, out, s, seed=VALIDATION_SEED),
+    row = {"model": name, **evaluate(policy, out, s, seeds),
            "eval_seconds": round(time.perf_counter() - tick, 1)}
     print(json.dumps(row), flush=True)
     return row
@@ -66,6 +66,7 @@ def main() -> None:
     out = args.out
     print(json.dumps({"settings": dataclasses.asdict(s)}), flush=True)
     model = out / "tiny-qwen2_vl"
+    seeds = validation_seeds(s)
     if not args.reuse:
         out.mkdir(parents=True, exist_ok=True)
         build_demo_model(model, s)
@@ -79,15 +80,16 @@ def main() -> None:
             "output.overwrite=true", show_progress=False)
         print(json.dumps({"sft_seconds": round(time.perf_counter() - tick, 1)}), flush=True)
         for ckpt in checkpoints(out / "sft"):
-            score(f"sft-{ckpt.name}", loadable(ckpt, model), out / "val" / ckpt.name, s)
+            score(f"sft-{ckpt.name}", loadable(ckpt, model), out / "val" / ckpt.name, s, seeds)
     if args.rl_from is not None:
         start = loadable(out / "sft" / "checkpoints" / f"step-{args.rl_from}", model)
         for adv in args.advantages.split(","):
             tick = time.perf_counter()
             run = out / f"rl-{adv}-from{args.rl_from}"
+            shutil.rmtree(run, ignore_errors=True)
             rl(start, run, adv, s)
             print(json.dumps({"rl": adv, "seconds": round(time.perf_counter() - tick, 1)}), flush=True)
-            score(run.name, run / "final", out / "val" / run.name, s)
+            score(run.name, run / "final", out / "val" / run.name, s, seeds)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import yaml
 
 from vlmtune.envs import sokoban_levels as sk
 from vlmtune.envs.sokoban import SokobanEnv
-from vlmtune.tasks.sokoban.demo import FAST, STAGES, cell_codes, held_out
+from vlmtune.rollout.episodes import anchor_hash
+from vlmtune.tasks.sokoban.demo import FAST, STAGES, cell_codes, held_out, training_rooms, unseen_seeds, validation_seeds
 
 KEYS = ("success_rate", "invalid_action_rate", "mean_turns")
 
@@ -27,8 +28,20 @@ def test_cell_codes_read_the_rendered_room_back():
 
 
 def test_eval_rooms_are_held_out():
-    h = held_out(FAST)
-    assert h["eval_states"] == FAST.eval_episodes and h["seen_in_training"] == 0
+    seeds, h = held_out(FAST)
+    assert len(seeds) == FAST.eval_episodes == h["eval_states"] and h["seen_in_training"] == 0
+
+
+def test_unseen_seeds_skip_training_rooms_and_repeats():
+    # 5x5 rooms repeat: consecutive seeds would replay rooms training saw
+    kw = FAST.env_kwargs()
+    env = SokobanEnv(**kw)
+    first = {anchor_hash(env.reset(seed=x)[0]) for x in range(50)}
+    picked = unseen_seeds(0, 10, first, FAST)
+    rooms = [anchor_hash(env.reset(seed=x)[0]) for x in picked]
+    assert len(set(rooms)) == 10 and not set(rooms) & first and min(picked) >= 50
+    train = training_rooms(FAST)
+    assert not {anchor_hash(env.reset(seed=x)[0]) for x in validation_seeds(FAST)} & train
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +62,8 @@ def test_fast_demo_summary(fast_demo: tuple[Path, dict]):
         # the stage's numbers are its own eval's, played on the same held-out rooms
         evald = json.loads((out / "eval" / stage / "summary.json").read_text())
         assert {k: evald[k] for k in KEYS} == {k: row[k] for k in KEYS}
-        assert evald["seed"] == summary["settings"]["eval_seed"] and evald["group_size"] == 1
+        assert evald["start_seeds"] == summary["held_out"]["seeds"] and evald["group_size"] == 1
+        assert min(evald["start_seeds"]) >= summary["settings"]["eval_seed"]
     assert summary["held_out"]["seen_in_training"] == 0
     assert summary["settings"]["fast"] is True and summary["wall_seconds"] > 0
     assert summary["train"]["expert"]["turn_samples"] > 0

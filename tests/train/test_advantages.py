@@ -6,7 +6,8 @@ import pytest
 import torch
 from trl.trainer.utils import nanstd
 
-from vlmtune.train.advantages import distinct_fraction, group_advantages, group_spread, zero_spread_groups
+from vlmtune.train.advantages import (distinct_fraction, group_advantages, group_spread, span_spread,
+                                      zero_spread_groups)
 
 NAN = float("nan")
 EPS = 1e-4
@@ -106,6 +107,17 @@ def test_group_spread_by_hand():
     assert group_spread(distortion, 4) == pytest.approx(0.15)  # std of [0, -0.3, 0, 0] = 0.15
     with pytest.raises(ValueError, match="groups of 4"):
         group_spread(torch.ones(6), 4)
+
+
+def test_span_spread_by_hand():
+    # multi-turn groups of any size: [1, 0, 1] std sqrt((1/9 + 4/9 + 1/9) / 2) = 0.57735; [5] one value, 0;
+    # [0.7, NaN, 1] two valid, 0.212132; 76 turns need not split into groups of 8
+    values = torch.tensor([1.0, 0.0, 1.0, 5.0, 0.7, NAN, 1.0])
+    assert span_spread(values, [(0, 3), (3, 4), (4, 7)]) == pytest.approx((0.5773503 + 0 + 0.2121320) / 3, abs=1e-6)
+    assert span_spread(values, []) == 0.0
+    # groups of G as spans: the same as group_spread
+    even = torch.tensor([1.0, 0.0, 1.0, 0.0, 1, 1, 1, 1])
+    assert span_spread(even, [(0, 4), (4, 8)]) == pytest.approx(group_spread(even, 4))
 
 
 def test_zero_spread_agrees_with_zero_advantages():

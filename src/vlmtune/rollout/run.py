@@ -140,8 +140,13 @@ def _env_policy(name: str, envs: list, seed: int, first_index: int) -> Policy:
 def run_rollout(env: str, policy: str, episodes: int, out_dir: str | Path, *, group_size: int = 1, seed: int = 0,
                 max_turns: int | None = None, history: int = 0, env_kwargs: dict[str, Any] | None = None,
                 parallel: int = 32, max_new_tokens: int = 256, temperature: float = 1.0, batch_size: int = 8,
-                base_model: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                base_model: str | None = None, show_progress: bool = True,
+                start_seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """Play ``episodes`` episodes and write the outputs (module docstring); returns the summary.
+
+    ``start_seeds``, when given, is the reset seed of each group (``episodes / group_size``
+    of them) instead of ``seed, seed + 1, ...``: e.g. initial states chosen to be unlike
+    some others (the sokoban demo's held-out rooms).
 
     Raises:
         EnvLoadError: unknown environment or arguments it rejects.
@@ -150,6 +155,10 @@ def run_rollout(env: str, policy: str, episodes: int, out_dir: str | Path, *, gr
             policy the environment cannot serve (solver without an expert).
     """
     seeds, groups = group_seeds(episodes, group_size, seed)
+    if start_seeds is not None:
+        if len(start_seeds) != episodes // group_size:
+            raise RolloutError(f"{len(start_seeds)} group seeds for {episodes // group_size} groups")
+        seeds = [int(start_seeds[g]) for g in groups]
     if parallel < 1 or history < 0 or (max_turns is not None and max_turns < 1):
         raise RolloutError("parallel and max_turns must be >= 1 and history >= 0")
     chunk = max(group_size, parallel // group_size * group_size)
@@ -186,7 +195,8 @@ def run_rollout(env: str, policy: str, episodes: int, out_dir: str | Path, *, gr
     seconds = time.perf_counter() - start
     summary = summarize(played)
     summary.update({"env": env, "env_kwargs": env_kwargs or {}, "policy": str(policy), "group_size": group_size,
-                    "seed": seed, "max_turns": max_turns, "history": history, "seconds": round(seconds, 3),
+                    "seed": seed, **({"start_seeds": [int(x) for x in start_seeds]} if start_seeds is not None else {}),
+                    "max_turns": max_turns, "history": history, "seconds": round(seconds, 3),
                     "episodes_per_second": round(len(played) / seconds, 3) if seconds > 0 else None})
     write_outputs(Path(out_dir), played, summary)
     return summary

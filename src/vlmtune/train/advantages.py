@@ -13,6 +13,7 @@ advantage; Dr. GRPO (Liu et al. 2025, arXiv:2503.20783) for dropping the std; DA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -127,6 +128,13 @@ def group_spread(values: Tensor, group_size: int) -> float:
     """
     _, std = _nan_mean_std(_as_groups(values, group_size), dim=1)
     return float(std.mean()) if std.numel() else 0.0
+
+
+def span_spread(values: Tensor, spans: Sequence[tuple[int, int]]) -> float:
+    """:func:`group_spread` over groups of any size: ``values[start:end]`` of each span (in
+    multi-turn RL a group is the turns that shared a prompt, however many there were)."""
+    stds = [_nan_mean_std(values[start:end])[1] for start, end in spans]
+    return float(torch.cat(stds).mean()) if stds else 0.0
 
 
 def distinct_fraction(completions: list[str], group_size: int) -> list[float]:

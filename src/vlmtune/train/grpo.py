@@ -48,6 +48,7 @@ from vlmtune.train.advantages import (
     distinct_fraction,
     group_advantages,
     group_spread,
+    span_spread,
     zero_spread_groups,
 )
 from vlmtune.train.common import BatchStream, build_optimizer, build_scheduler, progress_bar
@@ -244,11 +245,20 @@ def step_metrics(batch: Batch, names: list[str], g: int, rewards: torch.Tensor |
 def reward_spreads(batch: Batch, g: int) -> dict[str, float]:
     """``spread/reward``: the mean within-group std of the reward (:func:`group_spread`), and
     ``spread/<column>`` the same for every numeric column a reward logged with ``log_extra``
-    (e.g. a judge reward's components): which part of the reward the advantages come from."""
-    out = {"spread/reward": group_spread(batch.rewards, g)}
+    (e.g. a judge reward's components): which part of the reward the advantages come from.
+    Groups are the batch's rollouts (G completions of a prompt; multi-turn: the turns that
+    shared a prompt, any number), or groups of ``g`` when the rollouts do not cover the rewards."""
+    spans = batch.spans()
+    if spans and spans[-1][1] == len(batch.rewards):
+        def spread(values: torch.Tensor) -> float:
+            return span_spread(values, spans)
+    else:
+        def spread(values: torch.Tensor) -> float:
+            return group_spread(values, g)
+    out = {"spread/reward": spread(batch.rewards)}
     for name, values in batch.extras.items():
         if len(values) == len(batch.rewards) and all(v is None or isinstance(v, (int, float)) for v in values):
-            out[f"spread/{name}"] = group_spread(torch.tensor([math.nan if v is None else float(v) for v in values]), g)
+            out[f"spread/{name}"] = spread(torch.tensor([math.nan if v is None else float(v) for v in values]))
     return out
 
 
