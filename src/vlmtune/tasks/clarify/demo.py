@@ -79,9 +79,10 @@ class DemoSettings:
     sft_batch: int = 64
     sft_lr: float = 1e-3
     sft_warmup: int = 50
-    # GRPO from the SFT weights, on the whole training split as unlabelled prompts
-    grpo_steps: int = 80
-    grpo_lr: float = 1e-5
+    # GRPO from the SFT weights, on the whole training split as unlabelled prompts; steps and lr
+    # chosen on the validation split (docs/clarify.md, benchmarks/clarify_grpo_sweep.py)
+    grpo_steps: int = 50
+    grpo_lr: float = 3e-5
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 8
     grpo_temperature: float = 1.0
