@@ -81,14 +81,14 @@ class DemoSettings:
     sft_warmup: int = 50
     # GRPO from the SFT weights, on the whole training split as unlabelled prompts; steps and lr
     # chosen on the validation split (docs/clarify.md, benchmarks/clarify_grpo_sweep.py)
-    grpo_steps: int = 50
+    grpo_steps: int = 75
     grpo_lr: float = 3e-5
     grpo_generations: int = 8
-    grpo_prompts_per_step: int = 8
+    grpo_prompts_per_step: int = 16
     grpo_temperature: float = 1.0
     grpo_max_new_tokens: int = 48
     grpo_seed: int | None = None  # None = seed; the GRPO stage alone varies with it
-    grpo_val_every: int = 10  # validation strategic accuracy every N steps (learning curve; 0 = none)
+    grpo_val_every: int = 25  # validation strategic accuracy every N steps (learning curve; 0 = none)
     # eval
     eval_batch: int = 32
     eval_max_new_tokens: int = 48
