@@ -129,8 +129,9 @@ def test_grpo_run_report_adds_up(tiny_model_dir, shapes, tmp_path):
     t = report["tokens"]
     assert t["prompt"] == prompt  # two steps of two prompts: each of the four once
     assert 0 < t["completion"] <= 4 * g * 6
-    # generation runs each prompt once per completion; the reference pass (beta > 0) and the
-    # update run the prompt once per group (shared prefix) and every completion token
-    assert t["forward"] == g * prompt + t["completion"] + (prompt + t["completion"])
+    # generation runs each prompt once per group (its KV cache is repeated for the group's
+    # completions); the reference pass (beta > 0) and the update run the prompt once per
+    # group (shared prefix) and every completion token
+    assert t["forward"] == prompt + t["completion"] + (prompt + t["completion"])
     assert t["trained"] == prompt + t["completion"]
-    assert report["vision_patches"] == {"trained": 4 * 144, "forward": (g + 1) * 4 * 144}
+    assert report["vision_patches"] == {"trained": 4 * 144, "forward": 2 * 4 * 144}
