@@ -47,7 +47,6 @@ from vlmtune.tracking import ComputeMeter, PhaseTimer
 from vlmtune.train.advantages import (
     distinct_fraction,
     group_advantages,
-    group_spread,
     span_spread,
     zero_spread_groups,
 )
@@ -243,22 +242,19 @@ def step_metrics(batch: Batch, names: list[str], g: int, rewards: torch.Tensor |
 
 
 def reward_spreads(batch: Batch, g: int) -> dict[str, float]:
-    """``spread/reward``: the mean within-group std of the reward (:func:`group_spread`), and
+    """``spread/reward``: the mean within-group std of the reward (:func:`span_spread`), and
     ``spread/<column>`` the same for every numeric column a reward logged with ``log_extra``
     (e.g. a judge reward's components): which part of the reward the advantages come from.
     Groups are the batch's rollouts (G completions of a prompt; multi-turn: the turns that
     shared a prompt, any number), or groups of ``g`` when the rollouts do not cover the rewards."""
     spans = batch.spans()
-    if spans and spans[-1][1] == len(batch.rewards):
-        def spread(values: torch.Tensor) -> float:
-            return span_spread(values, spans)
-    else:
-        def spread(values: torch.Tensor) -> float:
-            return group_spread(values, g)
-    out = {"spread/reward": spread(batch.rewards)}
+    if not spans or spans[-1][1] != len(batch.rewards):  # no rollouts kept: contiguous groups of g
+        spans = [(i, i + g) for i in range(0, len(batch.rewards), g)]
+    out = {"spread/reward": span_spread(batch.rewards, spans)}
     for name, values in batch.extras.items():
         if len(values) == len(batch.rewards) and all(v is None or isinstance(v, (int, float)) for v in values):
-            out[f"spread/{name}"] = spread(torch.tensor([math.nan if v is None else float(v) for v in values]))
+            out[f"spread/{name}"] = span_spread(torch.tensor([math.nan if v is None else float(v) for v in values]),
+                                                spans)
     return out
 
 
